@@ -1,0 +1,39 @@
+# The two set-up commands are `make serve` and `make test`; both build .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := data/demo
+DEMO_SETTINGS := data/demo-survey.toml
+
+.PHONY: serve test bench demo clean
+
+# Reinstall only when pyproject.toml changes: the stamp is newer than it otherwise.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# The demo archive is rebuilt when missing or when its generator settings change.
+$(DEMO)/siasync-index.sqlite: $(DEMO_SETTINGS) $(VENV)/.installed
+	$(BIN)/siasync demo-archive $(DEMO) --settings $(DEMO_SETTINGS)
+	$(BIN)/siasync archive index $(DEMO)
+
+demo: $(DEMO)/siasync-index.sqlite
+
+serve: demo
+	@echo "Demo archive ready in $(DEMO) (the HTTP service arrives with the UWS job service)."
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/cutout_bench.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache bench/.scratch
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,240 @@
+"""Sky geometry of a field: the requested box on the tangent plane at its centre.
+
+A *field* is a POS (ICRS degrees) and a SIZE (width, height in degrees). Its sky
+box is the footprint of a north-up gnomonic (TAN) image of that size centred on
+POS: the points whose standard coordinates about POS satisfy ``|x| <= w/2`` and
+``|y| <= h/2``, with ``x`` towards east and ``y`` towards north, both in degrees of
+the projection plane. SIZE is therefore an angular size on the sky (as cutout
+services such as astrocut use it), not a coordinate width in RA, so the box keeps
+its shape near the poles and across RA 0/360, where all of this geometry is done
+on the tangent plane and never in raw RA.
+
+The box's edges are great circles (straight lines under any gnomonic projection),
+and so are the edges of a TAN image footprint, which makes every test below a
+planar polygon test once both are projected onto the field's tangent plane.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import ICRS, SkyCoord
+
+from cutout.errors import FieldError
+
+#: Fields and footprints must stay well inside one hemisphere of their tangent plane.
+MAX_FIELD_DEG = 30.0
+
+
+class Intersect(enum.Enum):
+    """SIAP 1.0 INTERSECT: how a candidate image must relate to the field."""
+
+    #: the image overlaps the field (the SIAP default)
+    OVERLAPS = "OVERLAPS"
+    #: the image covers the whole field
+    COVERS = "COVERS"
+    #: the field encloses the whole image
+    ENCLOSED = "ENCLOSED"
+    #: the image contains the centre of the field
+    CENTER = "CENTER"
+
+
+@dataclass(frozen=True)
+class Field:
+    """A requested box on the sky.
+
+    Parameters
+    ----------
+    ra, dec : float
+        Centre (POS), ICRS degrees.
+    width, height : float
+        SIZE along east and north on the tangent plane at the centre, degrees.
+    """
+
+    ra: float
+    dec: float
+    width: float
+    height: float
+
+    def __post_init__(self) -> None:
+        values = (self.ra, self.dec, self.width, self.height)
+        if not all(np.isfinite(values)):
+            raise FieldError(f"field values must be finite, got {values}")
+        if not 0.0 <= self.ra < 360.0:
+            raise FieldError(f"RA must be in [0, 360), got {self.ra}")
+        if not -90.0 <= self.dec <= 90.0:
+            raise FieldError(f"Dec must be in [-90, 90], got {self.dec}")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if not 0.0 < value <= MAX_FIELD_DEG:
+                raise FieldError(f"{name} must be in (0, {MAX_FIELD_DEG}] deg, got {value}")
+
+    @classmethod
+    def from_sky(cls, position: SkyCoord, size: u.Quantity) -> Field:
+        """Build a field from a sky position and one or two angular sizes.
+
+        Parameters
+        ----------
+        position : `~astropy.coordinates.SkyCoord`
+            Centre of the field, in any frame (converted to ICRS).
+        size : `~astropy.units.Quantity`
+            One angle (a square field) or two angles (width, height).
+        """
+        icrs = position.transform_to(ICRS())
+        sizes = np.atleast_1d(u.Quantity(size).to_value(u.deg))
+        if sizes.shape not in ((1,), (2,)):
+            raise FieldError(f"size needs one or two angles, got {sizes.size}")
+        width, height = (sizes[0], sizes[0]) if sizes.size == 1 else sizes
+        ra = float(icrs.ra.wrap_at(360 * u.deg).deg) % 360.0
+        return cls(ra, float(icrs.dec.deg), float(width), float(height))
+
+    @property
+    def radius(self) -> float:
+        """Angular distance from the centre to a corner of the box, degrees."""
+        half = np.radians([self.width / 2, self.height / 2])
+        return float(np.degrees(np.arctan(np.hypot(*half))))
+
+    def outline(self, per_edge: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Points along the box boundary, as ICRS (ra, dec) arrays in degrees.
+
+        Each edge is sampled at ``per_edge`` points (corners included once), so that
+        the outline stays faithful after a distorted (e.g. SIP) sky-to-pixel mapping.
+        """
+        x, y = box_outline(self.width / 2, self.height / 2, per_edge)
+        return from_plane(self.ra, self.dec, x, y)
+
+
+def box_outline(half_w: float, half_h: float, per_edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points around the rectangle ``[-half_w, half_w] x [-half_h, half_h]``, anticlockwise."""
+    t = np.linspace(-1.0, 1.0, per_edge + 1)[:-1]
+    x = np.concatenate([t * half_w, np.full_like(t, half_w), -t * half_w, np.full_like(t, -half_w)])
+    y = np.concatenate([np.full_like(t, -half_h), t * half_h, np.full_like(t, half_h), -t * half_h])
+    return x, y
+
+
+def to_plane(ra0: float, dec0: float, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Gnomonic standard coordinates of (ra, dec) about (ra0, dec0).
+
+    Returns
+    -------
+    x, y : ndarray
+        Degrees on the projection plane, x east and y north.
+    cosc : ndarray
+        Cosine of the angular distance from the centre; points with ``cosc <= 0``
+        lie on the far hemisphere and have no projection.
+    """
+    a0, d0 = np.radians(ra0), np.radians(dec0)
+    a, d = np.radians(ra), np.radians(dec)
+    da = a - a0
+    cos_d = np.cos(d)
+    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * cos_d * np.cos(da)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.degrees(cos_d * np.sin(da) / cosc)
+        y = np.degrees((np.cos(d0) * np.sin(d) - np.sin(d0) * cos_d * np.cos(da)) / cosc)
+    return x, y, cosc
+
+
+def from_plane(ra0: float, dec0: float, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`to_plane`: (ra, dec) in degrees, ra in [0, 360)."""
+    a0, d0 = np.radians(ra0), np.radians(dec0)
+    xr, yr = np.radians(x), np.radians(y)
+    rho = np.hypot(xr, yr)
+    c = np.arctan(rho)
+    sin_c, cos_c = np.sin(c), np.cos(c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(rho > 0, yr * sin_c / rho, 0.0)
+    dec = np.arcsin(np.clip(cos_c * np.sin(d0) + ratio * np.cos(d0), -1.0, 1.0))
+    ra = a0 + np.arctan2(xr * sin_c, rho * np.cos(d0) * cos_c - yr * np.sin(d0) * sin_c)
+    return np.degrees(ra) % 360.0, np.degrees(dec)
+
+
+def points_in_polygons(px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
+    """Crossing-number test of Q points against K polygons at once.
+
+    Parameters
+    ----------
+    px, py : ndarray, shape (K, M)
+        Polygon vertices, in order.
+    qx, qy : ndarray, shape (Q,)
+        Query points.
+
+    Returns
+    -------
+    ndarray of bool, shape (K, Q)
+    """
+    x1, y1 = px[:, :, None], py[:, :, None]
+    x2, y2 = np.roll(px, -1, axis=1)[:, :, None], np.roll(py, -1, axis=1)[:, :, None]
+    straddles = (y1 > qy) != (y2 > qy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross_x = x1 + (qy - y1) * (x2 - x1) / (y2 - y1)
+    crossings = straddles & (qx < cross_x)
+    return (np.count_nonzero(crossings, axis=1) % 2) == 1
+
+
+def edges_meet_box(px: np.ndarray, py: np.ndarray, half_w: float, half_h: float) -> np.ndarray:
+    """Whether any polygon edge touches the axis-aligned box (Liang-Barsky clipping).
+
+    Returns a bool array of shape (K,) for polygons of shape (K, M).
+    """
+    x1, y1 = px, py
+    dx, dy = np.roll(px, -1, axis=1) - x1, np.roll(py, -1, axis=1) - y1
+    t0, t1 = np.zeros_like(x1), np.ones_like(x1)
+    missed = np.zeros(x1.shape, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for p, q in ((-dx, x1 + half_w), (dx, half_w - x1), (-dy, y1 + half_h), (dy, half_h - y1)):
+            missed |= (p == 0) & (q < 0)
+            r = q / p
+            t0 = np.where(p < 0, np.maximum(t0, r), t0)
+            t1 = np.where(p > 0, np.minimum(t1, r), t1)
+    return np.any(~missed & (t0 <= t1), axis=1)
+
+
+def match_footprints(field: Field, footprints: np.ndarray, mode: Intersect) -> np.ndarray:
+    """Which footprints satisfy ``mode`` for ``field``.
+
+    Parameters
+    ----------
+    field : Field
+    footprints : ndarray, shape (K, M, 2)
+        Sky polygons (ra, dec degrees) of K images, M vertices each, in order.
+    mode : Intersect
+
+    Returns
+    -------
+    ndarray of bool, shape (K,)
+    """
+    if len(footprints) == 0:
+        return np.zeros(0, dtype=bool)
+    px, py, cosc = to_plane(field.ra, field.dec, footprints[..., 0], footprints[..., 1])
+    near = np.all(cosc > 0, axis=1)
+    px, py = np.where(near[:, None], px, 0.0), np.where(near[:, None], py, 0.0)
+    hw, hh = field.width / 2, field.height / 2
+    if mode is Intersect.CENTER:
+        hit = points_in_polygons(px, py, np.zeros(1), np.zeros(1))[:, 0]
+    elif mode is Intersect.COVERS:
+        corners_x, corners_y = np.array([-hw, hw, hw, -hw]), np.array([-hh, -hh, hh, hh])
+        hit = np.all(points_in_polygons(px, py, corners_x, corners_y), axis=1)
+    elif mode is Intersect.ENCLOSED:
+        hit = np.all((np.abs(px) <= hw) & (np.abs(py) <= hh), axis=1)
+    else:
+        centre_inside = points_in_polygons(px, py, np.zeros(1), np.zeros(1))[:, 0]
+        hit = edges_meet_box(px, py, hw, hh) | centre_inside
+    return hit & near
+
+
+def footprint_circle(footprint: np.ndarray) -> tuple[tuple[float, float], float]:
+    """A circle (centre ra/dec, radius in degrees) enclosing a footprint polygon."""
+    xyz = _unit_vectors(footprint[:, 0], footprint[:, 1])
+    mean = xyz.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    ra = float(np.degrees(np.arctan2(mean[1], mean[0])) % 360.0)
+    dec = float(np.degrees(np.arcsin(np.clip(mean[2], -1, 1))))
+    radius = float(np.degrees(np.arccos(np.clip(xyz @ mean, -1, 1))).max())
+    return (ra, dec), radius
+
+
+def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    a, d = np.radians(ra), np.radians(dec)
+    return np.column_stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)])

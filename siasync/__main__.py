@@ -1,0 +1,5 @@
+"""Allow ``python -m siasync``."""
+
+from siasync.cli import main
+
+raise SystemExit(main())
