@@ -22,7 +22,7 @@ from astropy_healpix import nside_to_pixel_resolution
 from astropy_healpix.core import healpix_cone_search
 
 from cutout.scan import ImageRecord, Skipped, scan_archive
-from cutout.sky import Field, Intersect, footprint_circle, match_footprints
+from cutout.sky import Field, Intersect, footprint_circle, match_footprints, unit_vectors
 
 #: Default index file name, inside the archive root.
 INDEX_NAME = "siasync-index.sqlite"
@@ -92,9 +92,10 @@ class ArchiveIndex:
         self._cell_starts = np.append(starts, len(flat_cells))
         self._cell_owners = owners
         m = max((len(r.footprint) for r in self.records), default=0)
-        self._footprints = np.zeros((n, m, 2))
+        polygons = np.zeros((n, m, 2))
         for i, r in enumerate(self.records):
-            self._footprints[i] = _resample_polygon(r.footprint, m)
+            polygons[i] = _resample_polygon(r.footprint, m)
+        self._vectors = unit_vectors(polygons[..., 0], polygons[..., 1])
         self._collections = np.array([r.collection for r in self.records], dtype=object)
         self._bands = np.array([r.band for r in self.records], dtype=object)
 
@@ -117,7 +118,7 @@ class ArchiveIndex:
             candidates = candidates[np.isin(self._collections[candidates], list(collections))]
         if bands:
             candidates = candidates[np.isin(self._bands[candidates], list(bands))]
-        hits = candidates[match_footprints(field, self._footprints[candidates], intersect)]
+        hits = candidates[match_footprints(field, self._vectors[candidates], intersect)]
         return [self.records[i] for i in hits]
 
     def _candidates(self, field: Field) -> np.ndarray:

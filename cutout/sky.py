@@ -151,12 +151,12 @@ def from_plane(ra0: float, dec0: float, x: np.ndarray, y: np.ndarray) -> tuple[n
 
 
 def points_in_polygons(px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
-    """Crossing-number test of Q points against K polygons at once.
+    """Crossing-number test of Q points against K closed polygons at once.
 
     Parameters
     ----------
-    px, py : ndarray, shape (K, M)
-        Polygon vertices, in order.
+    px, py : ndarray, shape (K, M + 1)
+        Polygon vertices in order, the first repeated at the end.
     qx, qy : ndarray, shape (Q,)
         Query points.
 
@@ -164,8 +164,8 @@ def points_in_polygons(px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.nd
     -------
     ndarray of bool, shape (K, Q)
     """
-    x1, y1 = px[:, :, None], py[:, :, None]
-    x2, y2 = np.roll(px, -1, axis=1)[:, :, None], np.roll(py, -1, axis=1)[:, :, None]
+    x1, y1 = px[:, :-1, None], py[:, :-1, None]
+    x2, y2 = px[:, 1:, None], py[:, 1:, None]
     straddles = (y1 > qy) != (y2 > qy)
     with np.errstate(divide="ignore", invalid="ignore"):
         cross_x = x1 + (qy - y1) * (x2 - x1) / (y2 - y1)
@@ -174,12 +174,9 @@ def points_in_polygons(px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.nd
 
 
 def edges_meet_box(px: np.ndarray, py: np.ndarray, half_w: float, half_h: float) -> np.ndarray:
-    """Whether any polygon edge touches the axis-aligned box (Liang-Barsky clipping).
-
-    Returns a bool array of shape (K,) for polygons of shape (K, M).
-    """
-    x1, y1 = px, py
-    dx, dy = np.roll(px, -1, axis=1) - x1, np.roll(py, -1, axis=1) - y1
+    """Whether any edge of K closed polygons (K, M + 1) touches the box (Liang-Barsky clipping)."""
+    x1, y1 = px[:, :-1], py[:, :-1]
+    dx, dy = px[:, 1:] - x1, py[:, 1:] - y1
     t0, t1 = np.zeros_like(x1), np.ones_like(x1)
     missed = np.zeros(x1.shape, dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -191,25 +188,30 @@ def edges_meet_box(px: np.ndarray, py: np.ndarray, half_w: float, half_h: float)
     return np.any(~missed & (t0 <= t1), axis=1)
 
 
-def match_footprints(field: Field, footprints: np.ndarray, mode: Intersect) -> np.ndarray:
+def match_footprints(field: Field, vectors: np.ndarray, mode: Intersect) -> np.ndarray:
     """Which footprints satisfy ``mode`` for ``field``.
 
     Parameters
     ----------
     field : Field
-    footprints : ndarray, shape (K, M, 2)
-        Sky polygons (ra, dec degrees) of K images, M vertices each, in order.
+    vectors : ndarray, shape (K, M, 3)
+        Footprint polygons of K images as unit vectors (see `unit_vectors`), M
+        vertices each, in order.
     mode : Intersect
 
     Returns
     -------
     ndarray of bool, shape (K,)
     """
-    if len(footprints) == 0:
+    if len(vectors) == 0:
         return np.zeros(0, dtype=bool)
-    px, py, cosc = to_plane(field.ra, field.dec, footprints[..., 0], footprints[..., 1])
+    closed = np.concatenate([vectors, vectors[:, :1]], axis=1)
+    centre, east, north = tangent_basis(field.ra, field.dec)
+    cosc = closed @ centre
     near = np.all(cosc > 0, axis=1)
-    px, py = np.where(near[:, None], px, 0.0), np.where(near[:, None], py, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        px = np.where(near[:, None], np.degrees((closed @ east) / cosc), 0.0)
+        py = np.where(near[:, None], np.degrees((closed @ north) / cosc), 0.0)
     hw, hh = field.width / 2, field.height / 2
     if mode is Intersect.CENTER:
         hit = points_in_polygons(px, py, np.zeros(1), np.zeros(1))[:, 0]
@@ -224,9 +226,22 @@ def match_footprints(field: Field, footprints: np.ndarray, mode: Intersect) -> n
     return hit & near
 
 
+def tangent_basis(ra: float, dec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit vectors towards (ra, dec), local east and local north.
+
+    For a unit vector ``p``, ``(p @ east) / (p @ centre)`` and ``(p @ north) / (p @ centre)``
+    are the gnomonic standard coordinates of :func:`to_plane`, in radians.
+    """
+    a, d = np.radians(ra), np.radians(dec)
+    centre = np.array([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)])
+    east = np.array([-np.sin(a), np.cos(a), 0.0])
+    north = np.array([-np.sin(d) * np.cos(a), -np.sin(d) * np.sin(a), np.cos(d)])
+    return centre, east, north
+
+
 def footprint_circle(footprint: np.ndarray) -> tuple[tuple[float, float], float]:
     """A circle (centre ra/dec, radius in degrees) enclosing a footprint polygon."""
-    xyz = _unit_vectors(footprint[:, 0], footprint[:, 1])
+    xyz = unit_vectors(footprint[:, 0], footprint[:, 1])
     mean = xyz.mean(axis=0)
     mean /= np.linalg.norm(mean)
     ra = float(np.degrees(np.arctan2(mean[1], mean[0])) % 360.0)
@@ -235,6 +250,7 @@ def footprint_circle(footprint: np.ndarray) -> tuple[tuple[float, float], float]
     return (ra, dec), radius
 
 
-def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """Cartesian unit vectors, shape (..., 3), of ICRS positions in degrees."""
     a, d = np.radians(ra), np.radians(dec)
-    return np.column_stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)])
+    return np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)], axis=-1)
