@@ -149,24 +149,30 @@ def _record(hdu, hdul, relpath: str, index: int, size: int) -> ImageRecord | Non
     wcs = WCS(header, fobj=hdul)
     if not wcs.has_celestial or wcs.naxis != 2:
         return None
-    ny, nx = header["NAXIS2"], header["NAXIS1"]
-    footprint = image_footprint(wcs, (ny, nx))
+    return record_for(wcs, (int(header["NAXIS2"]), int(header["NAXIS1"])), relpath, index,
+                      collection=_collection(header, relpath),
+                      band=str(header.get("FILTER", header.get("BAND", "unknown"))).strip() or "unknown",
+                      mjd=_mjd(header), filesize=size, compressed=isinstance(hdu, fits.CompImageHDU))
+
+
+def record_for(wcs: WCS, shape: tuple[int, int], relpath: str, hdu: int, *, collection: str,
+               band: str, mjd: float | None = None, filesize: int = 0,
+               compressed: bool = False) -> ImageRecord:
+    """The index record of an image with this WCS and shape (ny, nx).
+
+    Raises
+    ------
+    ArchiveError
+        When the image is too large for the sky index.
+    """
+    footprint = image_footprint(wcs, shape)
     if footprint_circle(footprint)[1] > MAX_FIELD_DEG:
-        raise ArchiveError(f"HDU {index} spans more than {MAX_FIELD_DEG} deg; too large for the sky index")
+        raise ArchiveError(f"HDU {hdu} spans more than {MAX_FIELD_DEG} deg; too large for the sky index")
     return ImageRecord(
-        id=image_id(relpath, index),
-        path=relpath,
-        hdu=index,
-        collection=_collection(header, relpath),
-        band=str(header.get("FILTER", header.get("BAND", "unknown"))).strip() or "unknown",
-        mjd=_mjd(header),
-        shape=(int(ny), int(nx)),
-        scale=float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0),
-        wcs_header=wcs.to_header(relax=True).tostring(),
-        footprint=footprint,
-        filesize=size,
-        compressed=isinstance(hdu, fits.CompImageHDU),
-    )
+        id=image_id(relpath, hdu), path=relpath, hdu=hdu, collection=collection, band=band, mjd=mjd,
+        shape=shape, scale=float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0),
+        wcs_header=wcs.to_header(relax=True).tostring(), footprint=footprint,
+        filesize=filesize, compressed=compressed)
 
 
 def image_footprint(wcs: WCS, shape: tuple[int, int]) -> np.ndarray:
