@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
+from astropy.visualization import AsinhStretch, ManualInterval, ZScaleInterval
 from PIL import Image
 
 #: Preview formats by MIME type, with their Pillow encoder names.
@@ -35,8 +35,8 @@ def stretch_to_uint8(data: np.ndarray) -> np.ndarray:
         vmin, vmax = float(values[finite].min()), float(values[finite].max())
     if not vmax > vmin:
         return np.where(finite, 128, 0).astype(np.uint8)
-    norm = ImageNormalize(vmin=vmin, vmax=vmax, stretch=AsinhStretch(a=0.1), clip=True)
-    scaled = np.asarray(norm(np.where(finite, values, vmin)))
+    transform = AsinhStretch(a=0.1) + ManualInterval(vmin, vmax)  # interval first, then stretch
+    scaled = transform(np.where(finite, values, vmin), clip=True)
     return np.where(finite, np.round(scaled * 255), 0).astype(np.uint8)
 
 

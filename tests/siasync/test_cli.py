@@ -1,0 +1,51 @@
+"""The siasync command line, run as a user runs it: the installed entry point."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from cutout.index import ArchiveIndex
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "siasync", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "demo-archive" in result.stdout and "archive" in result.stdout
+    entry = shutil.which("siasync", path=str(Path(sys.executable).parent))
+    assert entry and subprocess.run([entry, "archive", "index", "--help"], capture_output=True).returncode == 0
+
+
+def test_archive_index_writes_a_loadable_index_and_reports_skips(tmp_path: Path) -> None:
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [10, 10], [16, 16], [-1 / 3600, 1 / 3600]
+    (tmp_path / "a").mkdir()
+    fits.PrimaryHDU(np.zeros((32, 32), np.float32), w.to_header()).writeto(tmp_path / "a" / "img.fits")
+    (tmp_path / "broken.fits").write_text("nope")
+    result = run("archive", "index", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "indexed 1 images" in result.stdout and "skipped 1 files" in result.stdout
+    assert result.stderr.count("WARNING") == 1 and "broken.fits: not a FITS file" in result.stderr
+    assert [r.path for r in ArchiveIndex.load(tmp_path).records] == ["a/img.fits"]
+    out = tmp_path / "elsewhere" / "idx.sqlite"
+    assert run("archive", "index", str(tmp_path), "--output", str(out)).returncode == 0
+    assert ArchiveIndex.load(out).root == tmp_path.resolve()
+
+
+def test_clear_errors_for_bad_arguments(tmp_path: Path) -> None:
+    missing = run("archive", "index", str(tmp_path / "missing"))
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
+    no_settings = run("demo-archive", str(tmp_path / "demo"), "--settings", str(tmp_path / "none.toml"))
+    assert no_settings.returncode == 2 and "no generator settings" in no_settings.stderr
+    assert run("archive").returncode == 2
