@@ -151,45 +151,44 @@ def from_plane(ra0: float, dec0: float, x: np.ndarray, y: np.ndarray) -> tuple[n
 
 
 def points_in_polygons(px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
-    """Crossing-number test of Q points against K closed polygons at once.
+    """Whether Q points lie inside (or on) K convex closed polygons.
 
     Parameters
     ----------
     px, py : ndarray, shape (K, M + 1)
-        Polygon vertices in order, the first repeated at the end.
+        Convex polygon vertices in order (either orientation), the first repeated last.
     qx, qy : ndarray, shape (Q,)
-        Query points.
 
     Returns
     -------
     ndarray of bool, shape (K, Q)
     """
-    x1, y1 = px[:, :-1, None], py[:, :-1, None]
-    x2, y2 = px[:, 1:, None], py[:, 1:, None]
-    straddles = (y1 > qy) != (y2 > qy)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cross_x = x1 + (qy - y1) * (x2 - x1) / (y2 - y1)
-    crossings = straddles & (qx < cross_x)
-    return (np.count_nonzero(crossings, axis=1) % 2) == 1
+    ex, ey = np.diff(px, axis=1)[:, :, None], np.diff(py, axis=1)[:, :, None]
+    cross = ex * (qy - py[:, :-1, None]) - ey * (qx - px[:, :-1, None])
+    orientation = np.sign(np.sum(px[:, :-1] * py[:, 1:] - px[:, 1:] * py[:, :-1], axis=1))[:, None, None]
+    return np.all(cross * orientation >= 0, axis=1)
 
 
-def edges_meet_box(px: np.ndarray, py: np.ndarray, half_w: float, half_h: float) -> np.ndarray:
-    """Whether any edge of K closed polygons (K, M + 1) touches the box (Liang-Barsky clipping)."""
-    x1, y1 = px[:, :-1], py[:, :-1]
-    dx, dy = px[:, 1:] - x1, py[:, 1:] - y1
-    t0, t1 = np.zeros_like(x1), np.ones_like(x1)
-    missed = np.zeros(x1.shape, dtype=bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for p, q in ((-dx, x1 + half_w), (dx, half_w - x1), (-dy, y1 + half_h), (dy, half_h - y1)):
-            missed |= (p == 0) & (q < 0)
-            r = q / p
-            t0 = np.where(p < 0, np.maximum(t0, r), t0)
-            t1 = np.where(p > 0, np.minimum(t1, r), t1)
-    return np.any(~missed & (t0 <= t1), axis=1)
+def polygons_meet_box(px: np.ndarray, py: np.ndarray, half_w: float, half_h: float) -> np.ndarray:
+    """Whether K convex closed polygons (K, M + 1) intersect the box, by separating axes.
+
+    Two convex shapes are disjoint exactly when some edge normal of either one
+    separates their projections; the box contributes the x and y axes.
+    """
+    nx, ny = -np.diff(py, axis=1), np.diff(px, axis=1)  # edge normals, (K, M)
+    proj = nx[:, :, None] * px[:, None, :-1] + ny[:, :, None] * py[:, None, :-1]  # (K, M, M)
+    support = np.abs(nx) * half_w + np.abs(ny) * half_h
+    by_edges = np.any((proj.min(axis=2) > support) | (proj.max(axis=2) < -support), axis=1)
+    by_box = ((px.min(axis=1) > half_w) | (px.max(axis=1) < -half_w)
+              | (py.min(axis=1) > half_h) | (py.max(axis=1) < -half_h))
+    return ~(by_edges | by_box)
 
 
 def match_footprints(field: Field, vectors: np.ndarray, mode: Intersect) -> np.ndarray:
     """Which footprints satisfy ``mode`` for ``field``.
+
+    Footprints are treated as convex polygons, which image footprints are (up to
+    distortion far below a pixel); the tests check this against brute force.
 
     Parameters
     ----------
@@ -209,20 +208,17 @@ def match_footprints(field: Field, vectors: np.ndarray, mode: Intersect) -> np.n
     centre, east, north = tangent_basis(field.ra, field.dec)
     cosc = closed @ centre
     near = np.all(cosc > 0, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        px = np.where(near[:, None], np.degrees((closed @ east) / cosc), 0.0)
-        py = np.where(near[:, None], np.degrees((closed @ north) / cosc), 0.0)
+    cosc = np.where(near[:, None], cosc, 1.0)
+    px, py = np.degrees((closed @ east) / cosc), np.degrees((closed @ north) / cosc)
     hw, hh = field.width / 2, field.height / 2
     if mode is Intersect.CENTER:
         hit = points_in_polygons(px, py, np.zeros(1), np.zeros(1))[:, 0]
     elif mode is Intersect.COVERS:
-        corners_x, corners_y = np.array([-hw, hw, hw, -hw]), np.array([-hh, -hh, hh, hh])
-        hit = np.all(points_in_polygons(px, py, corners_x, corners_y), axis=1)
+        hit = np.all(points_in_polygons(px, py, np.array([-hw, hw, hw, -hw]), np.array([-hh, -hh, hh, hh])), axis=1)
     elif mode is Intersect.ENCLOSED:
         hit = np.all((np.abs(px) <= hw) & (np.abs(py) <= hh), axis=1)
     else:
-        centre_inside = points_in_polygons(px, py, np.zeros(1), np.zeros(1))[:, 0]
-        hit = edges_meet_box(px, py, hw, hh) | centre_inside
+        hit = polygons_meet_box(px, py, hw, hh)
     return hit & near
 
 
