@@ -22,7 +22,7 @@ from astropy_healpix import nside_to_pixel_resolution
 from astropy_healpix.core import healpix_cone_search
 
 from cutout.scan import ImageRecord, Skipped, scan_archive
-from cutout.sky import Field, Intersect, footprint_circle, match_footprints, unit_vectors
+from cutout.sky import Field, Intersect, bounding_circles, footprint_circle, match_footprints, unit_vectors
 
 #: Default index file name, inside the archive root.
 INDEX_NAME = "siasync-index.sqlite"
@@ -93,13 +93,9 @@ class ArchiveIndex:
         self._cell_lengths = np.diff(np.append(starts, len(flat_cells)))
         self._cell_owners = owners
         m = max((len(r.footprint) for r in self.records), default=0)
-        polygons = np.zeros((n, m, 2))
-        for i, r in enumerate(self.records):
-            polygons[i] = _resample_polygon(r.footprint, m)
+        polygons = np.stack([_resample_polygon(r.footprint, m) for r in self.records]) if n else np.zeros((0, 0, 2))
         self._vectors = unit_vectors(polygons[..., 0], polygons[..., 1])
-        circles = [footprint_circle(r.footprint) for r in self.records]
-        self._centres = unit_vectors(np.array([c[0][0] for c in circles]), np.array([c[0][1] for c in circles]))
-        self._radii = np.radians([c[1] for c in circles])
+        self._centres, self._radii = bounding_circles(self._vectors)
         self._collections = np.array([r.collection for r in self.records], dtype=object)
         self._bands = np.array([r.band for r in self.records], dtype=object)
 

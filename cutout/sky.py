@@ -236,14 +236,23 @@ def tangent_basis(ra: float, dec: float) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def footprint_circle(footprint: np.ndarray) -> tuple[tuple[float, float], float]:
-    """A circle (centre ra/dec, radius in degrees) enclosing a footprint polygon."""
-    xyz = unit_vectors(footprint[:, 0], footprint[:, 1])
-    mean = xyz.mean(axis=0)
-    mean /= np.linalg.norm(mean)
-    ra = float(np.degrees(np.arctan2(mean[1], mean[0])) % 360.0)
-    dec = float(np.degrees(np.arcsin(np.clip(mean[2], -1, 1))))
-    radius = float(np.degrees(np.arccos(np.clip(xyz @ mean, -1, 1))).max())
-    return (ra, dec), radius
+    """A circle (centre ra/dec, radius in degrees) enclosing a footprint polygon (M, 2)."""
+    centres, radii = bounding_circles(unit_vectors(footprint[:, 0], footprint[:, 1])[None])
+    x, y, z = centres[0]
+    ra = float(np.degrees(np.arctan2(y, x)) % 360.0)
+    return (ra, float(np.degrees(np.arcsin(np.clip(z, -1, 1))))), float(np.degrees(radii[0]))
+
+
+def bounding_circles(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Enclosing circles of K polygons given as unit vectors (K, M, 3).
+
+    Returns the centres as unit vectors (K, 3) (the normalised vertex mean) and the
+    radii in radians (K,), the largest angle from the centre to a vertex.
+    """
+    mean = vectors.mean(axis=1)
+    centres = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    radii = np.arccos(np.clip(np.einsum("kmi,ki->km", vectors, centres), -1, 1)).max(axis=1)
+    return centres, radii
 
 
 def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
