@@ -1,11 +1,13 @@
 """The archive index: image records, persisted in SQLite, with a HEALPix sky lookup.
 
 The spatial index is a HEALPix tessellation (astropy-healpix, NESTED scheme) at one
-order chosen per archive so that a cell is about the size of a typical image. Each
-image is registered in every cell that its circumscribed circle touches; a lookup
-collects the images registered in the cells that the field's circle touches, then
-applies the exact INTERSECT test (`cutout.sky.match_footprints`) to those candidates
-only. No image's WCS is evaluated during a lookup: footprints are precomputed.
+order chosen per archive so that a cell is about half a typical image across. Each
+image is registered in every cell that its circumscribed circle touches (the cone is
+padded by one cell, since astropy-healpix's cone search can miss cells it only
+grazes). A lookup collects the images registered in the cells that the field's
+circle touches, keeps those whose circles reach the field's, then applies the exact
+INTERSECT test (`cutout.sky.match_footprints`) to them only. No image's WCS is
+evaluated during a lookup: footprints are precomputed unit vectors.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class ArchiveIndex:
     records : sequence of ImageRecord
     order : int, optional
         HEALPix order of the spatial index; chosen from the image sizes when omitted.
+    cells : sequence of ndarray, optional
+        Each record's HEALPix cells at ``order``, as stored by :meth:`save`; computed
+        when omitted.
     """
 
     def __init__(self, root: str | os.PathLike, records: Sequence[ImageRecord], order: int | None = None,

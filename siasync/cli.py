@@ -15,8 +15,8 @@ DEFAULT_DEMO_SETTINGS = Path(__file__).resolve().parents[1] / "data" / "demo-sur
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="siasync", description=__doc__.splitlines()[0] + (
-        " siasync stages survey image cutouts asynchronously (SIAP 1.0 + UWS 1.1)."))
+    parser = argparse.ArgumentParser(
+        prog="siasync", description="Asynchronous image staging for survey astronomy (SIAP 1.0 + UWS 1.1).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
