@@ -26,7 +26,7 @@ $(DEMO)/siasync-index.sqlite: $(DEMO_SETTINGS) $(VENV)/.installed
 demo: $(DEMO)/siasync-index.sqlite
 
 serve: demo
-	@echo "Demo archive ready in $(DEMO) (the HTTP service arrives with the UWS job service)."
+	$(BIN)/siasync serve --archive $(DEMO)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

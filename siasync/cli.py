@@ -27,6 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=None, help="rendering processes (default: cores)")
     demo.set_defaults(handler=_demo_archive)
 
+    serve = commands.add_parser("serve", help="run the HTTP service (settings also from SIASYNC_* variables)")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--archive", type=Path, help="archive directory with its index (default data/demo)")
+    serve.add_argument("--state-dir", type=Path, help="jobs database and result files (default ./var)")
+    serve.add_argument("--public-url", help="external base URL for absolute links")
+    serve.add_argument("--database-url", help="SQLAlchemy URL of the job store (default SQLite in the state dir)")
+    serve.add_argument("--auth", choices=["anonymous", "token", "header"], help="how owners are identified")
+    serve.add_argument("--tokens-file", type=Path, help="bearer tokens, one 'TOKEN OWNER' per line")
+    serve.add_argument("--workers", type=int, help="jobs staged at once (default: the core count)")
+    serve.set_defaults(handler=_serve)
+
     archive = commands.add_parser("archive", help="manage the archive index")
     archive_commands = archive.add_subparsers(dest="archive_command", required=True, metavar="ACTION")
     index = archive_commands.add_parser("index", help="scan FITS files under DIR and write the index")
@@ -56,6 +68,27 @@ def _demo_archive(args: argparse.Namespace) -> int:
     print(f"wrote {summary['images']} images ({summary['bytes'] / 1e6:.1f} MB, "
           f"{summary['sources']} catalogue sources) to {args.directory} "
           f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from siasync.app import create_app
+    from siasync.settings import Settings
+
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port, archive=args.archive, state_dir=args.state_dir,
+                                     public_url=args.public_url, database_url=args.database_url, auth=args.auth,
+                                     tokens_file=args.tokens_file, workers=args.workers)
+    except ValueError as exc:
+        print(f"siasync: {exc}", file=sys.stderr)
+        return 2
+    if not (settings.archive / "siasync-index.sqlite").is_file():
+        print(f"siasync: no archive index in {settings.archive}; run `siasync archive index {settings.archive}`",
+              file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 
 

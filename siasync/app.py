@@ -1,0 +1,136 @@
+"""The application factory: resources are created in the lifespan and injected."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+from litestar import Litestar, Request, Response
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.template import TemplateConfig
+
+from cutout.index import ArchiveIndex
+from siasync import __version__
+from siasync.auth import Authenticator
+from siasync.errors import ServiceError
+from siasync.executor import ThreadExecutor
+from siasync.jobs import JobService
+from siasync.params import Limits
+from siasync.representations import iso
+from siasync.routes_async import AsyncJobs
+from siasync.routes_pages import Pages
+from siasync.settings import Settings
+from siasync.web import TEXT
+from storage.files import ResultFiles
+from storage.jobs import JobStore
+
+log = logging.getLogger(__name__)
+_HTTP_NAMES = {400: "UsageError", 401: "AuthenticationError", 403: "PermissionDenied", 404: "NotFound",
+               405: "MethodNotAllowed", 413: "UsageError", 415: "UsageError"}
+
+
+def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
+    """What job parameters may ask for, from the settings and the archive."""
+    return Limits(collections=frozenset(index.collections), bands=frozenset(index.bands),
+                  max_fields=settings.max_fields, max_size_deg=settings.max_size_deg,
+                  destruction_default_s=settings.destruction_default_s, destruction_max_s=settings.destruction_max_s,
+                  execution_default_s=settings.execution_default_s, execution_max_s=settings.execution_max_s)
+
+
+async def _reaper(service: JobService, interval: float) -> None:
+    while True:
+        try:
+            destroyed, overdue = await service.reap()
+            for job_id in destroyed:
+                log.info("destroyed expired job %s", job_id)
+            for job_id in overdue:
+                log.info("aborted job %s: execution duration exceeded", job_id)
+        except Exception:  # keep reaping whatever one sweep hit
+            log.exception("reaper sweep failed")
+        await asyncio.sleep(interval)
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the siasync application for ``settings``."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        index = await asyncio.to_thread(ArchiveIndex.load, settings.archive)
+        store = await JobStore.open(settings.database)
+        files = ResultFiles(settings.state_dir / "results")
+        service = JobService(store, files, limits_for(settings, index), settings.wait_max_s)
+        executor = ThreadExecutor(service, index, settings.workers)
+        service.executor = executor
+        executor.start()
+        for job_id in await service.requeue_interrupted():
+            await asyncio.to_thread(files.remove_temporaries, job_id)
+            executor.submit(job_id)
+        reaper = asyncio.create_task(_reaper(service, settings.reaper_interval_s), name="reaper")
+        app.state.update(index=index, service=service, authenticator=Authenticator(settings))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with suppress(asyncio.CancelledError):
+                await reaper
+            await executor.close()
+            await store.close()
+
+    def owner(request: Request, state: State) -> str:
+        return state.authenticator.owner(request.headers)
+
+    def service(state: State) -> JobService:
+        return state.service
+
+    def index(state: State) -> ArchiveIndex:
+        return state.index
+
+    def current_settings() -> Settings:
+        return settings
+
+    return Litestar(
+        route_handlers=[Pages, AsyncJobs],
+        lifespan=[lifespan],
+        dependencies={
+            "settings": Provide(current_settings, sync_to_thread=False),
+            "service": Provide(service, sync_to_thread=False),
+            "index": Provide(index, sync_to_thread=False),
+            "owner": Provide(owner, sync_to_thread=False),
+        },
+        exception_handlers={ServiceError: _service_error, HTTPException: _http_error, Exception: _internal_error},
+        template_config=TemplateConfig(directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine,
+                                       engine_callback=_template_filters),
+        openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema"),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+
+
+def _template_filters(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["iso"] = iso
+
+
+def _service_error(_: Request, exc: ServiceError) -> Response:
+    return Response(exc.render(), status_code=exc.status, media_type=TEXT, headers=exc.headers)
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response:
+    name = _HTTP_NAMES.get(exc.status_code, "Error")
+    detail = exc.detail
+    if exc.status_code == 413:
+        detail = f"request body: {detail}"
+    return Response(f"{name}: {detail}\n", status_code=exc.status_code, media_type=TEXT,
+                    headers=getattr(exc, "headers", None) or {})
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response("Error: internal error; it has been logged\n", status_code=500, media_type=TEXT)

@@ -1,0 +1,59 @@
+"""Who is asking: anonymous, bearer tokens from a file, or a trusted proxy header."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from pathlib import Path
+
+from siasync.errors import AuthenticationError
+from siasync.settings import Settings
+
+ANONYMOUS = "anonymous"
+
+
+def read_tokens(path: Path) -> dict[str, str]:
+    """``TOKEN OWNER`` per line; blank lines and ``#`` comments are skipped."""
+    tokens = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected 'TOKEN OWNER'")
+        tokens[parts[0]] = parts[1]
+    return tokens
+
+
+class Authenticator:
+    """Maps a request's headers to its owner, per the configured mode."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.auth
+        self._tokens = read_tokens(settings.tokens_file) if self.mode == "token" and settings.tokens_file else {}
+
+    def owner(self, headers: Mapping[str, str]) -> str:
+        """The owner of the request.
+
+        Raises
+        ------
+        AuthenticationError
+            With a ``WWW-Authenticate`` challenge when credentials are missing or wrong.
+        """
+        if self.mode == ANONYMOUS:
+            return ANONYMOUS
+        if self.mode == "header":
+            user = headers.get("x-remote-user", "").strip()
+            if not user:
+                raise AuthenticationError("no X-Remote-User header from the proxy",
+                                          {"WWW-Authenticate": 'Basic realm="siasync"'})
+            return user
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        challenge = {"WWW-Authenticate": 'Bearer realm="siasync"'}
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError("a bearer token is required (Authorization: Bearer TOKEN)", challenge)
+        for known, owner in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.strip().encode()):
+                return owner
+        raise AuthenticationError("unknown token", {"WWW-Authenticate": 'Bearer realm="siasync", error="invalid_token"'})

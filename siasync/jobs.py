@@ -1,0 +1,262 @@
+"""The job service: UWS phases, compare-and-set transitions, ownership and WAIT.
+
+HTTP handlers call one method each; the executor and the reaper call the
+``start``/``finish``/``reap`` side. Every phase change goes through
+`storage.jobs.JobStore.transition`, guarded by the phases it may leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from siasync.errors import NotFound, PermissionDenied, UsageError
+from siasync.params import (Limits, RawParams, StagingRequest, clamp_destruction, clamp_duration,
+                            parse_choice, parse_int, parse_job, parse_time)
+from storage.files import ResultFiles
+from storage.jobs import Job, JobStore, Result
+
+log = logging.getLogger(__name__)
+
+PHASES = ("PENDING", "QUEUED", "EXECUTING", "COMPLETED", "ERROR", "ABORTED", "UNKNOWN", "HELD",
+          "SUSPENDED", "ARCHIVED")
+#: phases in which WAIT blocks (UWS 1.1, 2.2.1.1)
+ACTIVE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
+#: phases from which PHASE=RUN is accepted
+RUNNABLE = ("PENDING", "HELD")
+#: phases from which PHASE=ABORT is accepted
+ABORTABLE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
+FINISHED = ("COMPLETED", "ERROR", "ABORTED")
+
+
+class Executor(Protocol):
+    """What the job service needs from whatever runs jobs."""
+
+    def submit(self, job_id: str) -> None:
+        """Start (or queue) a QUEUED job."""
+
+    def cancel(self, job_id: str) -> None:
+        """Ask a job's running work to stop."""
+
+    async def stopped(self, job_id: str, timeout: float = 10.0) -> None:
+        """Wait until the job's work can write nothing more."""
+
+
+class PhaseWatch:
+    """Wakes WAIT requests when a job's phase changes in this process."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def notify(self, job_id: str) -> None:
+        """Wake every waiter on ``job_id``."""
+        event = self._events.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, job_id: str, timeout: float) -> None:
+        """Return at the next phase change of ``job_id``, or after ``timeout`` seconds."""
+        event = self._events.setdefault(job_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+class JobService:
+    """Everything a client can do to jobs, with the rules of UWS 1.1."""
+
+    def __init__(self, store: JobStore, files: ResultFiles, limits: Limits, wait_max_s: int) -> None:
+        self.store = store
+        self.files = files
+        self.limits = limits
+        self.wait_max_s = wait_max_s
+        self.watch = PhaseWatch()
+        self.executor: Executor | None = None
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, job_id: str, owner: str) -> Job:
+        """The job, if ``owner`` may see it."""
+        job = await self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        if job.owner != owner:
+            raise PermissionDenied(f"job {job_id} belongs to another owner")
+        return job
+
+    async def list(self, owner: str, phases: Iterable[str] = (), after: str | None = None,
+                   last: str | None = None) -> list[Job]:
+        """The owner's jobs, newest first; ARCHIVED only when asked for."""
+        wanted = [parse_choice("PHASE", p, list(PHASES)) for p in phases]
+        since = parse_time("AFTER", after) if after is not None else None
+        count = parse_int("LAST", last) if last is not None else None
+        if count is not None and count <= 0:
+            raise UsageError("LAST", f"must be a positive integer, got {last!r}")
+        selected = wanted or [p for p in PHASES if p != "ARCHIVED"]
+        return await self.store.list(owner, selected, since, count)
+
+    async def wait(self, job_id: str, owner: str, wait: str, phase: str | None = None) -> Job:
+        """UWS WAIT: block while the job is active (and in ``phase``, when given)."""
+        seconds = parse_int("WAIT", wait)
+        if seconds < -1:
+            raise UsageError("WAIT", f"must be -1 (the longest wait) or 0 or more seconds, got {wait!r}")
+        expected = parse_choice("PHASE", phase, list(PHASES)) if phase is not None else None
+        timeout = self.wait_max_s if seconds == -1 else min(seconds, self.wait_max_s)
+        deadline = asyncio.get_running_loop().time() + timeout
+        job = await self.get(job_id, owner)
+        while job.phase in ACTIVE and (expected is None or job.phase == expected):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            await self.watch.wait(job_id, remaining)
+            job = await self.get(job_id, owner)
+            if expected is None or job.phase != expected:
+                break
+        return job
+
+    async def results(self, job_id: str, owner: str) -> list[Result]:
+        """The job's results so far."""
+        await self.get(job_id, owner)
+        return await self.store.results(job_id)
+
+    async def result_file(self, job_id: str, owner: str, result_id: str) -> tuple[Result, Path]:
+        """A result and the path of its file."""
+        await self.get(job_id, owner)
+        result = await self.store.result(job_id, result_id)
+        if result is None:
+            raise NotFound(f"job {job_id} has no result {result_id!r}")
+        return result, self.files.path(job_id, result.path)
+
+    # -- changing -----------------------------------------------------------------------
+
+    async def create(self, owner: str, raw: RawParams) -> Job:
+        """Validate the parameters and store a new job (queued at once with PHASE=RUN)."""
+        request, control = parse_job(raw, self.limits)
+        now = datetime.now(UTC)
+        job = Job(id=secrets.token_hex(8), owner=owner, run_id=control.run_id, phase="PENDING",
+                  creation_time=now, start_time=None, end_time=None,
+                  execution_duration=control.execution_duration, destruction=control.destruction, quote=None,
+                  start_after=control.start, error_type=None, error_message=None,
+                  parameters=[list(p) for p in raw if p[0] != "PHASE"], spec=request.to_spec(),
+                  info={"fields_total": len(request.positions)})
+        await self.store.create(job)
+        if control.run:
+            await self.run(job.id, owner)
+            job = await self.get(job.id, owner)
+        return job
+
+    async def run(self, job_id: str, owner: str) -> None:
+        """PHASE=RUN: PENDING (or HELD) to QUEUED, then hand the job to the executor."""
+        job = await self.get(job_id, owner)
+        if not await self._transition(job_id, RUNNABLE, "QUEUED"):
+            raise PermissionDenied(f"cannot run job {job_id} in phase {job.phase}")
+        if self.executor is not None:
+            self.executor.submit(job_id)
+
+    async def abort(self, job_id: str, owner: str) -> None:
+        """PHASE=ABORT: keep the results so far and stop."""
+        job = await self.get(job_id, owner)
+        if not await self._transition(job_id, ABORTABLE, "ABORTED", end_time=datetime.now(UTC)):
+            raise PermissionDenied(f"cannot abort job {job_id} in phase {job.phase}")
+        if self.executor is not None:
+            self.executor.cancel(job_id)
+
+    async def destroy(self, job_id: str, owner: str | None) -> None:
+        """Stop the job, delete its files and forget it (``owner`` None: the reaper)."""
+        if owner is not None:
+            await self.get(job_id, owner)
+        await self._transition(job_id, ABORTABLE, "ABORTED", end_time=datetime.now(UTC))
+        if self.executor is not None:
+            self.executor.cancel(job_id)
+            await self.executor.stopped(job_id)
+        await self.store.delete(job_id)
+        await asyncio.to_thread(self.files.delete, job_id)
+        self.watch.notify(job_id)
+
+    async def set_destruction(self, job_id: str, owner: str, param: str, text: str) -> None:
+        """A new destruction instant, clamped to the maximum retention."""
+        await self.get(job_id, owner)
+        instant = clamp_destruction(parse_time(param, text), self.limits, datetime.now(UTC))
+        await self.store.update(job_id, destruction=instant)
+
+    async def set_execution_duration(self, job_id: str, owner: str, text: str) -> None:
+        """A new execution duration (seconds), while the job has not started."""
+        job = await self.get(job_id, owner)
+        seconds = clamp_duration(parse_int("EXECUTIONDURATION", text), self.limits)
+        if not await self.store.update(job_id, in_phases=RUNNABLE, execution_duration=seconds):
+            raise PermissionDenied(f"cannot change the execution duration of job {job_id} in phase {job.phase}")
+
+    async def set_parameters(self, job_id: str, owner: str, raw: RawParams) -> None:
+        """Replace the values of the given parameters while the job is PENDING."""
+        job = await self.get(job_id, owner)
+        if job.phase not in RUNNABLE:
+            raise PermissionDenied(f"cannot change the parameters of job {job_id} in phase {job.phase}")
+        names = {name for name, _ in raw}
+        merged = [tuple(p) for p in job.parameters if p[0] not in names] + list(raw)
+        request, control = parse_job(merged, self.limits)
+        updated = await self.store.update(
+            job_id, in_phases=RUNNABLE, parameters=[list(p) for p in merged], spec=request.to_spec(),
+            run_id=control.run_id, start_after=control.start, info={**job.info, "fields_total": len(request.positions)},
+            **({"destruction": control.destruction} if "DESTRUCTION" in names else {}),
+            **({"execution_duration": control.execution_duration} if "EXECUTIONDURATION" in names else {}))
+        if not updated:
+            raise PermissionDenied(f"job {job_id} left phase PENDING")
+
+    # -- the executor's side -------------------------------------------------------------
+
+    async def start(self, job_id: str) -> Job | None:
+        """QUEUED to EXECUTING; None when the job is no longer queued."""
+        now = datetime.now(UTC)
+        if not await self._transition(job_id, ("QUEUED",), "EXECUTING", start_time=now):
+            return None
+        await asyncio.to_thread(self.files.create, job_id)
+        return await self.store.get(job_id)
+
+    async def finish(self, job_id: str, phase: str, error: tuple[str, str] | None = None) -> bool:
+        """EXECUTING to COMPLETED or ERROR (``error`` is (type, message))."""
+        changes = {"end_time": datetime.now(UTC)}
+        if error is not None:
+            changes.update(error_type=error[0], error_message=error[1])
+        return await self._transition(job_id, ("EXECUTING",), phase, **changes)
+
+    async def requeue_interrupted(self) -> list[str]:
+        """After a restart: EXECUTING jobs go back to QUEUED; return every queued job."""
+        for job_id in await self.store.ids_where(phases=["EXECUTING"]):
+            await self._transition(job_id, ("EXECUTING",), "QUEUED")
+        return await self.store.ids_where(phases=["QUEUED"])
+
+    async def reap(self, now: datetime | None = None) -> tuple[list[str], list[str]]:
+        """Destroy expired jobs and abort jobs past their execution duration."""
+        now = now or datetime.now(UTC)
+        destroyed = await self.store.ids_where(destroy_before=now)
+        for job_id in destroyed:
+            await self.destroy(job_id, None)
+        overdue = []
+        for job_id in await self.store.ids_where(phases=["EXECUTING"]):
+            job = await self.store.get(job_id)
+            if job and job.start_time and now - job.start_time > timedelta(seconds=job.execution_duration):
+                if await self._transition(job_id, ("EXECUTING",), "ABORTED", end_time=now,
+                                          error_type="fatal",
+                                          error_message=f"execution duration of {job.execution_duration} s "
+                                                        f"exceeded; aborted with the results made so far"):
+                    overdue.append(job_id)
+                    if self.executor is not None:
+                        self.executor.cancel(job_id)
+        return destroyed, overdue
+
+    async def _transition(self, job_id: str, from_phases: Iterable[str], to_phase: str, **changes: object) -> bool:
+        moved = await self.store.transition(job_id, tuple(from_phases), to_phase, **changes)
+        if moved:
+            self.watch.notify(job_id)
+        return moved
+
+
+def staging_request(job: Job) -> StagingRequest:
+    """The job's validated staging parameters."""
+    return StagingRequest.from_spec(job.spec)

@@ -1,0 +1,258 @@
+"""Job parameters: declared once, parsed and validated once, then plain data.
+
+Parameter names are case-insensitive (DALI). Values arrive from the query string,
+a form-encoded body or a multipart body, in any mix; `gather` merges them into one
+ordered list of ``(NAME, value)`` pairs, and `parse_job` turns that list into a
+`StagingRequest` (what to stage, sent to workers as a plain spec) and a
+`JobControl` (the UWS job settings). Unknown names are ignored, as DALI asks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cutout.sky import Field, Intersect
+from siasync.errors import UsageError
+
+#: FORMAT values and the products each makes per (field, image)
+FORMATS: dict[str, tuple[str, ...]] = {
+    "image/fits": ("image/fits",),
+    "image/png": ("image/png",),
+    "image/jpeg": ("image/jpeg",),
+    "ALL": ("image/fits", "image/png"),
+    "GRAPHIC": ("image/png",),
+    "METADATA": (),
+}
+_NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+
+RawParams = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the archive and the settings allow."""
+
+    collections: frozenset[str]
+    bands: frozenset[str]
+    max_fields: int
+    max_size_deg: float
+    destruction_default_s: int
+    destruction_max_s: int
+    execution_default_s: int
+    execution_max_s: int
+
+
+@dataclass(frozen=True)
+class StagingRequest:
+    """What a job stages: fields (POS x SIZE), matching rules and products."""
+
+    positions: tuple[tuple[float, float], ...]
+    size: tuple[float, float]
+    format: str = "image/fits"
+    intersect: str = Intersect.OVERLAPS.value
+    collections: tuple[str, ...] = ()
+    bands: tuple[str, ...] = ()
+
+    def fields(self) -> list[Field]:
+        """One `Field` per POS, each with the SIZE."""
+        return [Field(ra, dec, *self.size) for ra, dec in self.positions]
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """MIME types of the files made per (field, image)."""
+        return FORMATS[self.format]
+
+    def to_spec(self) -> dict[str, Any]:
+        """Plain JSON-able data, as stored and as sent to workers."""
+        return asdict(self)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> StagingRequest:
+        """Inverse of `to_spec`."""
+        return cls(positions=tuple(tuple(p) for p in spec["positions"]), size=tuple(spec["size"]),
+                   format=spec["format"], intersect=spec["intersect"],
+                   collections=tuple(spec["collections"]), bands=tuple(spec["bands"]))
+
+
+@dataclass(frozen=True)
+class JobControl:
+    """The UWS settings of a job, clamped to the service's limits."""
+
+    run_id: str | None = None
+    execution_duration: int = 0
+    destruction: datetime = field(default_factory=lambda: datetime.now(UTC))
+    start: datetime | None = None
+    run: bool = False
+
+
+def gather(*sources: Iterable[tuple[str, str]]) -> RawParams:
+    """Merge (name, value) pairs from several sources, names upper-cased, order kept."""
+    return [(str(name).upper(), str(value)) for source in sources for name, value in source]
+
+
+def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None) -> tuple[StagingRequest, JobControl]:
+    """Validate a job's parameters.
+
+    Raises
+    ------
+    UsageError
+        Naming the first parameter at fault.
+    """
+    now = now or datetime.now(UTC)
+    values: dict[str, list[str]] = {}
+    for name, value in raw:
+        values.setdefault(name, []).append(value)
+    if "UPLOAD" in values:
+        raise UsageError("UPLOAD", "position uploads are not supported yet; give each field as a POS value")
+    for name in _SINGLE:
+        if len(values.get(name, [])) > 1:
+            raise UsageError(name, f"given {len(values[name])} times; give it once")
+    # a POS value may hold several positions, one per line or separated by ';' (HTML forms)
+    positions = tuple(parse_pos(p) for v in values.get("POS", []) for p in re.split(r"[;\r\n]+", v) if p.strip())
+    if not positions:
+        raise UsageError("POS", "required: give at least one POS=ra,dec (ICRS degrees)")
+    if len(positions) > limits.max_fields:
+        raise UsageError("POS", f"{len(positions)} fields exceed the limit of {limits.max_fields}")
+    one = {name: values[name][0] for name in _SINGLE if name in values}
+    if "SIZE" not in one:
+        raise UsageError("SIZE", "required: give SIZE=s or SIZE=w,h in degrees")
+    request = StagingRequest(
+        positions=positions,
+        size=parse_size(one["SIZE"], limits.max_size_deg),
+        format=parse_format(one.get("FORMAT", "image/fits")),
+        intersect=parse_choice("INTERSECT", one.get("INTERSECT", "OVERLAPS"), [m.value for m in Intersect]),
+        collections=parse_members("COLLECTION", values.get("COLLECTION", []), limits.collections),
+        bands=parse_members("BAND", values.get("BAND", []), limits.bands),
+    )
+    control = JobControl(
+        run_id=parse_run_id(one["RUNID"]) if "RUNID" in one else None,
+        execution_duration=clamp_duration(parse_int("EXECUTIONDURATION", one["EXECUTIONDURATION"])
+                                          if "EXECUTIONDURATION" in one else limits.execution_default_s, limits),
+        destruction=clamp_destruction(parse_time("DESTRUCTION", one["DESTRUCTION"]) if "DESTRUCTION" in one
+                                      else now + timedelta(seconds=limits.destruction_default_s), limits, now),
+        start=parse_time("START", one["START"]) if "START" in one else None,
+        run=parse_phase_on_create(one["PHASE"]) if "PHASE" in one else False,
+    )
+    return request, control
+
+
+# -- single values ----------------------------------------------------------------------
+
+
+def parse_number(param: str, text: str) -> float:
+    """A finite decimal number."""
+    if not _NUMBER.match(text):
+        raise UsageError(param, f"not a number: {text!r}")
+    value = float(text)
+    if not math.isfinite(value):
+        raise UsageError(param, f"not a finite number: {text!r}")
+    return value
+
+
+def parse_int(param: str, text: str) -> int:
+    """A whole number."""
+    if not _INTEGER.match(text):
+        raise UsageError(param, f"not an integer: {text!r}")
+    return int(text)
+
+
+def parse_pos(text: str) -> tuple[float, float]:
+    """``ra,dec`` in ICRS degrees."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise UsageError("POS", f"expected ra,dec in degrees, got {text!r}")
+    ra, dec = (parse_number("POS", p) for p in parts)
+    if not 0.0 <= ra < 360.0:
+        raise UsageError("POS", f"RA must be in [0, 360), got {ra:g} in {text!r}")
+    if not -90.0 <= dec <= 90.0:
+        raise UsageError("POS", f"Dec must be in [-90, 90], got {dec:g} in {text!r}")
+    return ra, dec
+
+
+def parse_size(text: str, max_deg: float) -> tuple[float, float]:
+    """``s`` or ``w,h`` in degrees, positive and at most ``max_deg``."""
+    parts = text.split(",")
+    if len(parts) not in (1, 2):
+        raise UsageError("SIZE", f"expected one or two numbers in degrees, got {text!r}")
+    sizes = [parse_number("SIZE", p) for p in parts]
+    for s in sizes:
+        if not 0 < s <= max_deg:
+            raise UsageError("SIZE", f"must be positive and at most {max_deg:g} deg, got {s:g}")
+    return (sizes[0], sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
+def parse_format(text: str) -> str:
+    """A FORMAT value (MIME types case-insensitive)."""
+    for known in FORMATS:
+        if text.strip().lower() == known.lower():
+            return known
+    raise UsageError("FORMAT", f"unknown value {text!r}; expected one of {', '.join(FORMATS)}")
+
+
+def parse_choice(param: str, text: str, choices: list[str]) -> str:
+    """One of a list of keywords, case-insensitive."""
+    value = text.strip().upper()
+    if value not in choices:
+        raise UsageError(param, f"unknown value {text!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def parse_members(param: str, texts: list[str], known: frozenset[str]) -> tuple[str, ...]:
+    """Repeatable names (also comma-separated) that must exist in the archive."""
+    names = [n.strip() for t in texts for n in t.split(",")]
+    if any(not n for n in names):
+        raise UsageError(param, "empty value")
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise UsageError(param, f"not in this archive: {', '.join(map(repr, unknown))}; "
+                                f"known: {', '.join(sorted(known))}")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_time(param: str, text: str) -> datetime:
+    """An ISO 8601 instant; UTC when it has no zone."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(param, f"not an ISO 8601 instant: {text!r} (e.g. 2026-11-28T18:00:00Z)") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_run_id(text: str) -> str:
+    """A client label: printable, at most 255 characters."""
+    if len(text) > 255 or not text.isprintable():
+        raise UsageError("RUNID", "must be printable text of at most 255 characters")
+    return text
+
+
+def parse_phase_on_create(text: str) -> bool:
+    """Only PHASE=RUN is meaningful when a job is created."""
+    if text.strip().upper() != "RUN":
+        raise UsageError("PHASE", f"only RUN is allowed when creating a job, got {text!r}")
+    return True
+
+
+def clamp_duration(seconds: int, limits: Limits) -> int:
+    """Execution duration in seconds; 0 (unlimited in UWS) and longer values become the maximum."""
+    if seconds < 0:
+        raise UsageError("EXECUTIONDURATION", f"must be 0 or more seconds, got {seconds}")
+    return limits.execution_max_s if seconds == 0 else min(seconds, limits.execution_max_s)
+
+
+def clamp_destruction(instant: datetime, limits: Limits, now: datetime) -> datetime:
+    """A future destruction instant, no later than the maximum retention."""
+    if instant <= now:
+        raise UsageError("DESTRUCTION", f"{instant.isoformat()} is not in the future")
+    return min(instant, now + timedelta(seconds=limits.destruction_max_s))
+
+
+#: parameters that may be given at most once
+_SINGLE = ("SIZE", "FORMAT", "INTERSECT", "RUNID", "EXECUTIONDURATION", "DESTRUCTION", "START", "PHASE")
+#: every parameter a job accepts (POS, COLLECTION and BAND repeat)
+JOB_PARAMETERS = ("POS", *_SINGLE, "COLLECTION", "BAND")

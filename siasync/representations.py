@@ -1,0 +1,143 @@
+"""Representations of jobs: UWS 1.1 XML, JSON, and ISO 8601 text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from storage.jobs import Job, Result
+
+UWS = "http://www.ivoa.net/xml/UWS/v1.0"
+XLINK = "http://www.w3.org/1999/xlink"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+SIASYNC = "urn:siasync"
+for prefix, uri in (("uws", UWS), ("xlink", XLINK), ("xsi", XSI), ("siasync", SIASYNC)):
+    ET.register_namespace(prefix, uri)
+
+
+def iso(instant: datetime | None) -> str:
+    """ISO 8601 in UTC with a ``Z`` (empty for None)."""
+    if instant is None:
+        return ""
+    return instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _el(parent: ET.Element, name: str, text: str | None = None, nil: bool = False, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, f"{{{UWS}}}{name}", attrs)
+    if nil:
+        element.set(f"{{{XSI}}}nil", "true")
+    elif text is not None:
+        element.text = text
+    return element
+
+
+def _document(root: ET.Element) -> bytes:
+    return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
+
+
+def job_url(base: str, job_id: str) -> str:
+    """Absolute URL of a job."""
+    return f"{base}/async/{job_id}"
+
+
+def result_url(base: str, job_id: str, result_id: str) -> str:
+    """Absolute URL of a result."""
+    return f"{job_url(base, job_id)}/results/{result_id}"
+
+
+def jobs_xml(jobs: list[Job], base: str) -> bytes:
+    """The UWS job list."""
+    root = ET.Element(f"{{{UWS}}}jobs", {"version": "1.1"})
+    for job in jobs:
+        ref = _el(root, "jobref", id=job.id, **{f"{{{XLINK}}}type": "simple", f"{{{XLINK}}}href": job_url(base, job.id)})
+        _el(ref, "phase", job.phase)
+        if job.run_id is not None:
+            _el(ref, "runId", job.run_id)
+        _el(ref, "ownerId", job.owner)
+        _el(ref, "creationTime", iso(job.creation_time))
+    return _document(root)
+
+
+def _fill_results(container: ET.Element, job_id: str, results: list[Result], base: str) -> ET.Element:
+    for r in results:
+        _el(container, "result", id=r.result_id, size=str(r.size), **{"mime-type": r.mime_type},
+            **{f"{{{XLINK}}}type": "simple", f"{{{XLINK}}}href": result_url(base, job_id, r.result_id)})
+    return container
+
+
+def _fill_parameters(container: ET.Element, job: Job) -> ET.Element:
+    for name, value in job.parameters:
+        _el(container, "parameter", value, id=name.lower())
+    return container
+
+
+def job_xml(job: Job, results: list[Result], base: str) -> bytes:
+    """The UWS job document."""
+    root = ET.Element(f"{{{UWS}}}job", {"version": "1.1"})
+    _el(root, "jobId", job.id)
+    if job.run_id is not None:
+        _el(root, "runId", job.run_id)
+    _el(root, "ownerId", job.owner)
+    _el(root, "phase", job.phase)
+    _el(root, "quote", iso(job.quote), nil=job.quote is None)
+    _el(root, "creationTime", iso(job.creation_time))
+    _el(root, "startTime", iso(job.start_time), nil=job.start_time is None)
+    _el(root, "endTime", iso(job.end_time), nil=job.end_time is None)
+    _el(root, "executionDuration", str(job.execution_duration))
+    _el(root, "destruction", iso(job.destruction))
+    _fill_parameters(_el(root, "parameters"), job)
+    _fill_results(_el(root, "results"), job.id, results, base)
+    if job.error_message:
+        summary = _el(root, "errorSummary", type=job.error_type or "fatal", hasDetail="true")
+        _el(summary, "message", job.error_message)
+    info = _el(root, "jobInfo")
+    for key, value in job_info(job).items():
+        ET.SubElement(info, f"{{{SIASYNC}}}{key}").text = str(value)
+    return _document(root)
+
+
+def results_xml(job_id: str, results: list[Result], base: str) -> bytes:
+    """The UWS results list."""
+    return _document(_fill_results(ET.Element(f"{{{UWS}}}results"), job_id, results, base))
+
+
+def parameters_xml(job: Job) -> bytes:
+    """The UWS parameters list."""
+    return _document(_fill_parameters(ET.Element(f"{{{UWS}}}parameters"), job))
+
+
+def job_info(job: Job) -> dict[str, Any]:
+    """The service facts shown in jobInfo: progress, deferred start, warnings."""
+    info: dict[str, Any] = {}
+    for key in ("fields_total", "fields_done", "pairs_total", "products", "bytes"):
+        if key in job.info:
+            info[key] = job.info[key]
+    if job.start_after is not None:
+        info["start"] = iso(job.start_after)
+    if job.info.get("empty_fields"):
+        info["empty_fields"] = ",".join(map(str, job.info["empty_fields"]))
+    for i, warning in enumerate(job.info.get("warnings", [])):
+        info[f"warning{i + 1}"] = warning
+    return info
+
+
+def job_json(job: Job, results: list[Result], base: str) -> dict[str, Any]:
+    """The job as JSON (same content as the XML)."""
+    return {
+        "jobId": job.id, "runId": job.run_id, "ownerId": job.owner, "phase": job.phase,
+        "quote": iso(job.quote) or None, "creationTime": iso(job.creation_time),
+        "startTime": iso(job.start_time) or None, "endTime": iso(job.end_time) or None,
+        "executionDuration": job.execution_duration, "destruction": iso(job.destruction),
+        "parameters": [{"id": n.lower(), "value": v} for n, v in job.parameters],
+        "results": [{"id": r.result_id, "href": result_url(base, job.id, r.result_id), "size": r.size,
+                     "mime-type": r.mime_type} for r in results],
+        "errorSummary": {"type": job.error_type, "message": job.error_message} if job.error_message else None,
+        "jobInfo": job_info(job),
+    }
+
+
+def jobs_json(jobs: list[Job], base: str) -> list[dict[str, Any]]:
+    """The job list as JSON."""
+    return [{"jobId": j.id, "href": job_url(base, j.id), "phase": j.phase, "runId": j.run_id,
+             "ownerId": j.owner, "creationTime": iso(j.creation_time)} for j in jobs]

@@ -1,0 +1,99 @@
+"""The service settings: one class, read from ``SIASYNC_*`` variables, overridden by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "SIASYNC_"
+AUTH_MODES = ("anonymous", "token", "header")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be configured with.
+
+    Each field can be set by an environment variable named ``SIASYNC_`` plus the field
+    name in upper case (for example ``SIASYNC_STATE_DIR``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: archive directory holding ``siasync-index.sqlite``
+    archive: Path = Path("data/demo")
+    #: jobs database and result files live here
+    state_dir: Path = Path("var")
+    #: external base URL for absolute links (default: taken from each request)
+    public_url: str | None = None
+    #: SQLAlchemy URL of the job store (default: SQLite in the state directory)
+    database_url: str | None = None
+    #: ``anonymous``, ``token`` (bearer tokens from ``tokens_file``) or ``header`` (X-Remote-User)
+    auth: str = "anonymous"
+    #: lines of ``TOKEN OWNER``; ``#`` starts a comment
+    tokens_file: Path | None = None
+    #: worker threads/processes
+    workers: int = max(os.cpu_count() or 1, 1)
+    max_fields: int = 10_000
+    max_size_deg: float = 2.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    destruction_default_s: int = 7 * 86400
+    destruction_max_s: int = 30 * 86400
+    execution_default_s: int = 12 * 3600
+    execution_max_s: int = 72 * 3600
+    wait_max_s: int = 60
+    #: seconds between sweeps for expired jobs and jobs out of execution time
+    reaper_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
+        if self.auth == "token" and self.tokens_file is None:
+            raise ValueError("auth 'token' needs a tokens_file")
+        for name in ("port", "workers", "max_fields", "max_body_bytes", "destruction_default_s",
+                     "destruction_max_s", "execution_default_s", "execution_max_s", "wait_max_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not (self.max_size_deg > 0 and self.reaper_interval_s > 0):
+            raise ValueError("max_size_deg and reaper_interval_s must be positive")
+        if self.destruction_default_s > self.destruction_max_s or self.execution_default_s > self.execution_max_s:
+            raise ValueError("a default may not exceed its maximum")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``SIASYNC_*`` variables, then ``overrides`` (skipping None values)."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _convert(f.name, hints[f.name], raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def database(self) -> str:
+        """The job store URL."""
+        return self.database_url or f"sqlite+aiosqlite:///{(self.state_dir / 'siasync.db').resolve()}"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, hint: Any, raw: str) -> Any:
+    text = str(hint)
+    try:
+        if "Path" in text:
+            return Path(raw) if raw else None
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from exc
+    return raw or None if "None" in text else raw

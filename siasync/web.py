@@ -1,0 +1,80 @@
+"""Helpers shared by the HTTP handlers: parameters, negotiation, links, plain responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.response import Redirect, Template
+
+from siasync.params import RawParams, gather
+
+XML = "application/xml"
+HTML = "text/html"
+JSON = "application/json"
+TEXT = "text/plain"
+_OFFERS = {"application/xml": XML, "text/xml": XML, "text/html": HTML, "application/xhtml+xml": HTML,
+           "application/json": JSON}
+
+
+def preferred(request: Request) -> str:
+    """The representation the client prefers: XML (the default), HTML or JSON."""
+    best, best_q = XML, 0.0
+    for part in request.headers.get("accept", "").split(","):
+        media, *options = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for option in options:
+            if option.startswith("q="):
+                try:
+                    q = float(option[2:])
+                except ValueError:
+                    q = 0.0
+        offer = _OFFERS.get(media.lower())
+        if offer is not None and q > best_q:
+            best, best_q = offer, q
+    return best
+
+
+async def raw_params(request: Request) -> RawParams:
+    """Parameters from the query string and a form-encoded or multipart body."""
+    form: list[tuple[str, str]] = []
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and ("form" in content_type):
+        data = await request.form()
+        for name, value in data.multi_items():
+            if isinstance(value, str):
+                form.append((name, value))
+            else:  # an uploaded file part: its text is the value
+                form.append((name, (await value.read()).decode("utf-8", "replace")))
+    return gather(request.query_params.multi_items(), form)
+
+
+def one(params: RawParams, name: str) -> str | None:
+    """The last value of a parameter, or None."""
+    values = [v for n, v in params if n == name]
+    return values[-1] if values else None
+
+
+def base_url(request: Request, public_url: str | None) -> str:
+    """Absolute base for links: the configured public URL, or the request's own."""
+    return (public_url or str(request.base_url)).rstrip("/")
+
+
+def text(body: str, status: int = 200) -> Response:
+    """A text/plain response."""
+    return Response(body, media_type=TEXT, status_code=status)
+
+
+def see_other(path: str) -> Redirect:
+    """A 303 redirect."""
+    return Redirect(path, status_code=303)
+
+
+def represent(request: Request, xml: bytes, json: Any, template: str, context: dict[str, Any]) -> Response:
+    """The negotiated representation of a resource."""
+    kind = preferred(request)
+    if kind == HTML:
+        return Template(template_name=template, context=context, media_type="text/html")
+    if kind == JSON:
+        return Response(json, media_type=JSON)
+    return Response(xml, media_type="application/xml")

@@ -1,0 +1,74 @@
+"""Result files: one directory per job, written atomically, never recreated once deleted."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class ResultFiles:
+    """The ``results/`` tree of the state directory.
+
+    A job's directory is created once, when the job starts executing. Writes go to a
+    temporary name in that directory and are renamed into place, so a reader never
+    sees a partial file; a write for a job whose directory is gone (destroyed) fails
+    instead of recreating it.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        """The directory of a job (which may not exist)."""
+        if not _SAFE_NAME.match(job_id):
+            raise ValueError(f"unsafe job id {job_id!r}")
+        return self.root / job_id
+
+    def path(self, job_id: str, name: str) -> Path:
+        """The path of a result file; refuses names that could leave the job's directory."""
+        if not _SAFE_NAME.match(name) or ".." in name:
+            raise ValueError(f"unsafe result name {name!r}")
+        return self.job_dir(job_id) / name
+
+    def create(self, job_id: str) -> Path:
+        """Create the job's directory (idempotent)."""
+        directory = self.job_dir(job_id)
+        directory.mkdir(exist_ok=True)
+        return directory
+
+    def write(self, job_id: str, name: str, data: bytes) -> int:
+        """Write a result atomically; return its size.
+
+        Raises
+        ------
+        FileNotFoundError
+            When the job's directory does not exist (the job was destroyed).
+        """
+        target = self.path(job_id, name)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return len(data)
+
+    def remove_temporaries(self, job_id: str) -> int:
+        """Delete stray temporary files left by an interrupted write; return how many."""
+        directory = self.job_dir(job_id)
+        stray = list(directory.glob(".tmp-*")) if directory.is_dir() else []
+        for path in stray:
+            path.unlink(missing_ok=True)
+        return len(stray)
+
+    def delete(self, job_id: str) -> None:
+        """Delete every file of a job."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

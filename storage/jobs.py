@@ -1,0 +1,256 @@
+"""The job store: UWS jobs and their results in SQL (SQLAlchemy 2 async).
+
+SQLite through aiosqlite is the default; only portable constructs are used, so a
+PostgreSQL URL (asyncpg) needs no other code. Every phase change is a
+compare-and-set (`JobStore.transition`): an UPDATE guarded by the phases it may
+leave, so concurrent abort, completion and destruction can never interleave into
+an impossible history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text,
+                        TypeDecorator, UniqueConstraint, delete, func, insert, select, update)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Bumped whenever the tables change; `JobStore.open` refuses a store it cannot read.
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the job store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaRow(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    phase: Mapped[str] = mapped_column(String(16))
+    creation_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    execution_duration: Mapped[int] = mapped_column(Integer)
+    destruction: Mapped[datetime] = mapped_column(UTCDateTime)
+    quote: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    start_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    parameters: Mapped[list] = mapped_column(JSON)
+    spec: Mapped[dict] = mapped_column(JSON)
+    info: Mapped[dict] = mapped_column(JSON, default=dict)
+    __table_args__ = (Index("ix_jobs_owner_created", "owner", "creation_time"),
+                      Index("ix_jobs_phase", "phase"), Index("ix_jobs_destruction", "destruction"))
+
+
+class ResultRow(Base):
+    __tablename__ = "results"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mime_type: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    __table_args__ = (UniqueConstraint("job_id", "result_id", name="uq_results_job_result"),)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored."""
+
+    id: str
+    owner: str
+    run_id: str | None
+    phase: str
+    creation_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    execution_duration: int
+    destruction: datetime
+    quote: datetime | None
+    start_after: datetime | None
+    error_type: str | None
+    error_message: str | None
+    #: the parameters as posted: [name, value] pairs in order
+    parameters: list
+    #: the validated, normalised parameters (plain JSON)
+    spec: dict
+    #: progress and other service facts shown in jobInfo
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One staged result of a job."""
+
+    seq: int
+    result_id: str
+    #: path relative to the job's result directory
+    path: str
+    size: int
+    mime_type: str
+    meta: dict = field(default_factory=dict)
+
+
+_JOB_FIELDS = [c.name for c in JobRow.__table__.columns]
+
+
+def _job(row: Any) -> Job:
+    return Job(**{name: getattr(row, name) for name in _JOB_FIELDS})
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used (for example, a newer schema)."""
+
+
+class JobStore:
+    """Async access to jobs and results."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._session = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> JobStore:
+        """Connect, create the tables when missing, and check the schema version."""
+        engine = create_async_engine(url, **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}))
+        if url.startswith("sqlite"):
+            from sqlalchemy import event
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+            found = (await conn.execute(select(SchemaRow.version))).scalars().all()
+            if not found:
+                await conn.execute(insert(SchemaRow).values(version=SCHEMA_VERSION))
+            elif max(found) != SCHEMA_VERSION:
+                await engine.dispose()
+                raise StoreError(f"the job store has schema version {max(found)}; this siasync "
+                                 f"reads version {SCHEMA_VERSION}")
+        return cls(engine)
+
+    async def close(self) -> None:
+        """Release the connections."""
+        await self.engine.dispose()
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def create(self, job: Job) -> None:
+        """Insert a new job."""
+        async with self._session.begin() as s:
+            await s.execute(insert(JobRow).values(**{name: getattr(job, name) for name in _JOB_FIELDS}))
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
+        async with self._session() as s:
+            row = (await s.execute(select(JobRow).where(JobRow.id == job_id))).scalar_one_or_none()
+        return None if row is None else _job(row)
+
+    async def list(self, owner: str | None, phases: Iterable[str] | None = None, after: datetime | None = None,
+                   last: int | None = None) -> list[Job]:
+        """Jobs newest first, filtered by owner (None: all), phase and creation time."""
+        query = select(JobRow).order_by(JobRow.creation_time.desc(), JobRow.id.desc())
+        if owner is not None:
+            query = query.where(JobRow.owner == owner)
+        if phases is not None:
+            query = query.where(JobRow.phase.in_(list(phases)))
+        if after is not None:
+            query = query.where(JobRow.creation_time > after)
+        if last is not None:
+            query = query.limit(last)
+        async with self._session() as s:
+            return [_job(r) for r in (await s.execute(query)).scalars()]
+
+    async def transition(self, job_id: str, from_phases: Sequence[str], to_phase: str, **changes: Any) -> bool:
+        """Compare-and-set: move the job to ``to_phase`` only if it is in ``from_phases``."""
+        async with self._session.begin() as s:
+            result = await s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.phase.in_(list(from_phases)))
+                                     .values(phase=to_phase, **changes))
+            return result.rowcount == 1
+
+    async def update(self, job_id: str, *, in_phases: Sequence[str] | None = None, **changes: Any) -> bool:
+        """Change fields of a job (only while in ``in_phases``, when given)."""
+        query = update(JobRow).where(JobRow.id == job_id)
+        if in_phases is not None:
+            query = query.where(JobRow.phase.in_(list(in_phases)))
+        async with self._session.begin() as s:
+            return (await s.execute(query.values(**changes))).rowcount == 1
+
+    async def delete(self, job_id: str) -> bool:
+        """Forget a job and its results."""
+        async with self._session.begin() as s:
+            await s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
+            return (await s.execute(delete(JobRow).where(JobRow.id == job_id))).rowcount == 1
+
+    async def ids_where(self, *, phases: Iterable[str] | None = None,
+                        destroy_before: datetime | None = None) -> list[str]:
+        """Ids of jobs in some phases, or due for destruction before an instant."""
+        query = select(JobRow.id)
+        if phases is not None:
+            query = query.where(JobRow.phase.in_(list(phases)))
+        if destroy_before is not None:
+            query = query.where(JobRow.destruction <= destroy_before)
+        async with self._session() as s:
+            return list((await s.execute(query.order_by(JobRow.creation_time))).scalars())
+
+    # -- results --------------------------------------------------------------------------
+
+    async def add_result(self, job_id: str, result_id: str, path: str, size: int, mime_type: str,
+                         meta: dict | None = None) -> Result:
+        """Register a result at the end of the job's list (sequence numbers from 1)."""
+        async with self._session.begin() as s:
+            seq = (await s.execute(select(func.coalesce(func.max(ResultRow.seq), 0))
+                                   .where(ResultRow.job_id == job_id))).scalar_one() + 1
+            await s.execute(insert(ResultRow).values(job_id=job_id, seq=seq, result_id=result_id, path=path,
+                                                     size=size, mime_type=mime_type, meta=meta or {}))
+        return Result(seq, result_id, path, size, mime_type, meta or {})
+
+    async def results(self, job_id: str) -> list[Result]:
+        """The job's results in registration order."""
+        query = select(ResultRow).where(ResultRow.job_id == job_id).order_by(ResultRow.seq)
+        async with self._session() as s:
+            return [Result(r.seq, r.result_id, r.path, r.size, r.mime_type, r.meta)
+                    for r in (await s.execute(query)).scalars()]
+
+    async def result(self, job_id: str, result_id: str) -> Result | None:
+        """One result by id, or None."""
+        query = select(ResultRow).where(ResultRow.job_id == job_id, ResultRow.result_id == result_id)
+        async with self._session() as s:
+            r = (await s.execute(query)).scalar_one_or_none()
+        return None if r is None else Result(r.seq, r.result_id, r.path, r.size, r.mime_type, r.meta)
