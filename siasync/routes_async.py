@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import File
 
 from siasync.errors import UsageError
@@ -12,6 +14,9 @@ from siasync.settings import Settings
 from siasync.web import base_url, one, raw_params, represent, see_other, text
 
 JOB = "/{job_id:str}"
+Service = NamedDependency[JobService]
+Owner = NamedDependency[str]
+Config = NamedDependency[Settings]
 
 
 async def _job_page(request: Request, service: JobService, settings: Settings, owner: str, job_id: str,
@@ -30,7 +35,7 @@ class AsyncJobs(Controller):
     path = "/async"
 
     @get("/", summary="List jobs (PHASE, AFTER, LAST)")
-    async def list_jobs(self, request: Request, service: JobService, settings: Settings, owner: str) -> Response:
+    async def list_jobs(self, request: Request, service: Service, settings: Config, owner: Owner) -> Response:
         params = await raw_params(request)
         jobs = await service.list(owner, [v for n, v in params if n == "PHASE"], one(params, "AFTER"),
                                   one(params, "LAST"))
@@ -40,18 +45,18 @@ class AsyncJobs(Controller):
                           "selected": [v.upper() for n, v in params if n == "PHASE"]})
 
     @post("/", summary="Create a job", status_code=303)
-    async def create_job(self, request: Request, service: JobService, owner: str) -> Response:
+    async def create_job(self, request: Request, service: Service, owner: Owner) -> Response:
         job = await service.create(owner, await raw_params(request))
         return see_other(f"/async/{job.id}")
 
     @get(JOB, summary="The job (WAIT and PHASE for blocking)")
-    async def get_job(self, request: Request, service: JobService, settings: Settings, owner: str,
-                  job_id: str) -> Response:
+    async def get_job(self, request: Request, service: Service, settings: Config, owner: Owner,
+                  job_id: FromPath[str]) -> Response:
         params = await raw_params(request)
         return await _job_page(request, service, settings, owner, job_id, one(params, "WAIT"), one(params, "PHASE"))
 
     @post(JOB, summary="ACTION=DELETE destroys the job", status_code=303)
-    async def post_job(self, request: Request, service: JobService, owner: str, job_id: str) -> Response:
+    async def post_job(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         action = one(await raw_params(request), "ACTION")
         if action is None or action.upper() != "DELETE":
             await service.get(job_id, owner)
@@ -60,16 +65,16 @@ class AsyncJobs(Controller):
         return see_other("/async")
 
     @delete(JOB, summary="Destroy the job", status_code=303)
-    async def delete_job(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def delete_job(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         await service.destroy(job_id, owner)
         return see_other("/async")
 
     @get(JOB + "/phase", summary="The phase")
-    async def get_phase(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def get_phase(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text((await service.get(job_id, owner)).phase)
 
     @post(JOB + "/phase", summary="PHASE=RUN or PHASE=ABORT", status_code=303)
-    async def set_phase(self, request: Request, service: JobService, owner: str, job_id: str) -> Response:
+    async def set_phase(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         phase = one(await raw_params(request), "PHASE")
         await service.get(job_id, owner)
         if phase is not None and phase.upper() == "RUN":
@@ -81,12 +86,12 @@ class AsyncJobs(Controller):
         return see_other(f"/async/{job_id}")
 
     @get(JOB + "/executionduration", summary="The execution duration in seconds")
-    async def get_execution_duration(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def get_execution_duration(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text(str((await service.get(job_id, owner)).execution_duration))
 
     @post(JOB + "/executionduration", summary="Change the execution duration", status_code=303)
-    async def set_execution_duration(self, request: Request, service: JobService, owner: str,
-                                     job_id: str) -> Response:
+    async def set_execution_duration(self, request: Request, service: Service, owner: Owner,
+                                     job_id: FromPath[str]) -> Response:
         value = one(await raw_params(request), "EXECUTIONDURATION")
         if value is None:
             raise UsageError("EXECUTIONDURATION", "required")
@@ -94,15 +99,15 @@ class AsyncJobs(Controller):
         return see_other(f"/async/{job_id}")
 
     @get([JOB + "/destruction", JOB + "/termination"], summary="The destruction instant")
-    async def get_destruction(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def get_destruction(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text(iso((await service.get(job_id, owner)).destruction))
 
     @post(JOB + "/destruction", summary="Change the destruction instant", status_code=303)
-    async def set_destruction(self, request: Request, service: JobService, owner: str, job_id: str) -> Response:
+    async def set_destruction(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return await self._destruction(request, service, owner, job_id, "DESTRUCTION")
 
     @post(JOB + "/termination", summary="UWS 0.3 alias: TIME=iso", status_code=303)
-    async def set_termination(self, request: Request, service: JobService, owner: str, job_id: str) -> Response:
+    async def set_termination(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return await self._destruction(request, service, owner, job_id, "TIME")
 
     async def _destruction(self, request: Request, service: JobService, owner: str, job_id: str,
@@ -115,39 +120,39 @@ class AsyncJobs(Controller):
         return see_other(f"/async/{job_id}")
 
     @get(JOB + "/error", summary="The error message (empty when there is none)")
-    async def get_error(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def get_error(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text((await service.get(job_id, owner)).error_message or "")
 
     @get(JOB + "/quote", summary="Predicted completion (empty when unknown)")
-    async def get_quote(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def get_quote(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text(iso((await service.get(job_id, owner)).quote))
 
     @post(JOB + "/quote", summary="UWS 0.3 alias: commit the job (PHASE=RUN)", status_code=303)
-    async def post_quote(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def post_quote(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         await service.run(job_id, owner)
         return see_other(f"/async/{job_id}")
 
     @get(JOB + "/owner", summary="The owner")
-    async def get_owner(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def get_owner(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text((await service.get(job_id, owner)).owner)
 
     @get(JOB + "/parameters", summary="The parameters")
-    async def get_parameters(self, service: JobService, owner: str, job_id: str) -> Response:
+    async def get_parameters(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return Response(parameters_xml(await service.get(job_id, owner)), media_type="application/xml")
 
     @post(JOB + "/parameters", summary="Change parameters while PENDING", status_code=303)
-    async def set_parameters(self, request: Request, service: JobService, owner: str, job_id: str) -> Response:
+    async def set_parameters(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         await service.set_parameters(job_id, owner, await raw_params(request))
         return see_other(f"/async/{job_id}")
 
     @get(JOB + "/results", summary="The results so far")
-    async def get_results(self, request: Request, service: JobService, settings: Settings, owner: str,
-                      job_id: str) -> Response:
+    async def get_results(self, request: Request, service: Service, settings: Config, owner: Owner,
+                      job_id: FromPath[str]) -> Response:
         results = await service.results(job_id, owner)
         return Response(results_xml(job_id, results, base_url(request, settings.public_url)),
                         media_type="application/xml")
 
     @get(JOB + "/results/{result_id:str}", summary="Download one result")
-    async def get_result(self, service: JobService, owner: str, job_id: str, result_id: str) -> File:
+    async def get_result(self, service: Service, owner: Owner, job_id: FromPath[str], result_id: FromPath[str]) -> File:
         result, path = await service.result_file(job_id, owner, result_id)
         return File(path, media_type=result.mime_type, filename=result.result_id, content_disposition_type="inline")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
 from litestar.response import Template
 
 from cutout.index import ArchiveIndex
@@ -17,7 +18,7 @@ class Pages(Controller):
     path = "/"
 
     @get("/", summary="Landing page", include_in_schema=False)
-    async def landing(self, index: ArchiveIndex, settings: Settings) -> Template:
+    async def landing(self, index: NamedDependency[ArchiveIndex], settings: NamedDependency[Settings]) -> Template:
         counts: dict[tuple[str, str], int] = {}
         for record in index.records:
             counts[record.collection, record.band] = counts.get((record.collection, record.band), 0) + 1

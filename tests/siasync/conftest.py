@@ -1,0 +1,41 @@
+"""Fixtures for the service: the app on the demo archive, through Litestar's test client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from siasync.app import create_app
+from siasync.settings import Settings
+
+TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+
+
+@pytest.fixture
+def make_client(tmp_path: Path, demo_archive: Path) -> Callable[..., Any]:
+    """A factory of test clients for apps with some settings changed."""
+
+    @contextmanager
+    def factory(**changes: Any) -> Iterator[TestClient]:
+        if changes.get("auth") == "token":
+            tokens = tmp_path / "tokens.txt"
+            tokens.write_text("# token owner\n" + "".join(f"{t} {o}\n" for t, o in TOKENS.items()))
+            changes.setdefault("tokens_file", tokens)
+        settings = Settings(archive=demo_archive, state_dir=tmp_path / "state", workers=2,
+                            reaper_interval_s=0.2, **changes)
+        with TestClient(create_app(settings), base_url="http://testserver.local") as client:
+            yield client
+
+    return factory
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Any]) -> Iterator[TestClient]:
+    """The app with default settings (anonymous owners)."""
+    with make_client() as c:
+        yield c

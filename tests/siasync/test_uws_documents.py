@@ -1,0 +1,111 @@
+"""UWS documents in every phase, against the official XSD and pyvo's parser."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from astropy.io import fits
+from pyvo.io.uws import parse_job, parse_job_list
+
+from tests.siasync.helpers import assert_valid, create_job, in_app, phase, service, uws_schema, wait_for
+
+NS = {"uws": "http://www.ivoa.net/xml/UWS/v1.0", "xlink": "http://www.w3.org/1999/xlink"}
+SCHEMA = uws_schema()
+
+
+def test_the_schema_accepts_the_standards_own_example_and_rejects_a_broken_one() -> None:
+    from tests.siasync.helpers import UWS_DATA
+
+    assert_valid(SCHEMA, (UWS_DATA / "UWS-1.1-example-job.xml").read_bytes())
+    with pytest.raises(AssertionError):
+        assert_valid(SCHEMA, b'<uws:job xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0"><uws:phase>DONE</uws:phase></uws:job>')
+
+
+def _force(client, job_id: str, to_phase: str, **changes) -> None:
+    store = service(client).store
+    assert in_app(client, store.transition, job_id, ("PENDING", "QUEUED", "EXECUTING"), to_phase, **changes)
+
+
+@pytest.mark.parametrize("target", ["PENDING", "QUEUED", "EXECUTING", "COMPLETED", "ERROR", "ABORTED"])
+@pytest.mark.parametrize("run_id", [None, "my run <&> id"])
+def test_job_document_is_valid_in_every_phase(client, target: str, run_id: str | None) -> None:
+    data = {"POS": ["150.1,2.2", "150.2,2.3"], "SIZE": "0.01", "FORMAT": "ALL"}
+    if run_id:
+        data["RUNID"] = run_id
+    job_id = create_job(client, data)
+    if target == "QUEUED":
+        future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+        job_id = create_job(client, {**data, "START": future, "PHASE": "RUN"})
+    elif target == "EXECUTING":
+        _force(client, job_id, "EXECUTING", start_time=datetime.now(UTC))
+    elif target == "COMPLETED":
+        client.post(f"/async/{job_id}/phase", data={"PHASE": "RUN"})
+        wait_for(client, job_id, ("COMPLETED",))
+    elif target == "ERROR":
+        _force(client, job_id, "ERROR", error_type="fatal", error_message="the disk is full <&>",
+               end_time=datetime.now(UTC))
+    elif target == "ABORTED":
+        client.post(f"/async/{job_id}/phase", data={"PHASE": "ABORT"})
+    assert phase(client, job_id) == target
+    document = client.get(f"/async/{job_id}").content
+    root = assert_valid(SCHEMA, document)
+    assert root.get("version") == "1.1"
+    assert root.findtext("uws:phase", namespaces=NS) == target
+    assert root.findtext("uws:runId", namespaces=NS) == run_id
+    results = root.findall("uws:results/uws:result", NS)
+    assert (len(results) > 0) == (target == "COMPLETED")
+    for result in results:
+        href = result.get(f"{{{NS['xlink']}}}href")
+        assert href.startswith("http://testserver.local/async/")
+        download = client.get(href.replace("http://testserver.local", ""))
+        assert download.status_code == 200 and len(download.content) == int(result.get("size"))
+        if result.get("mime-type") == "image/fits":
+            fits.open(io.BytesIO(download.content)).verify("exception")
+    summary = root.find("uws:errorSummary", NS)
+    assert (summary is not None) == (target == "ERROR")
+    # pyvo reads the same document
+    job = parse_job(io.BytesIO(document))
+    assert job.jobid == job_id and job.phase == target and job.runid == run_id
+    assert len(job.results) == len(results)
+    if target == "ERROR":
+        assert job.errorsummary.message.content == "the disk is full <&>"
+        assert client.get(f"/async/{job_id}/error").text == "the disk is full <&>"
+    for child in ("results", "parameters"):
+        assert_valid(SCHEMA, client.get(f"/async/{job_id}/{child}").content)
+
+
+def test_job_list_is_valid_and_pyvo_reads_it(client) -> None:
+    ids = [create_job(client, {"POS": "150.1,2.2", "SIZE": "0.01", "RUNID": f"r{i}"}) for i in range(3)]
+    document = client.get("/async").content
+    root = assert_valid(SCHEMA, document)
+    refs = root.findall("uws:jobref", NS)
+    assert [r.get("id") for r in refs] == ids[::-1]  # newest first
+    assert all(r.get(f"{{{NS['xlink']}}}href").endswith(f"/async/{r.get('id')}") for r in refs)
+    parsed = parse_job_list(io.BytesIO(document))
+    assert [j.jobid for j in parsed] == ids[::-1]
+    assert {j.phase for j in parsed} == {"PENDING"}
+    assert_valid(SCHEMA, client.get("/async", params={"PHASE": "COMPLETED"}).content)  # an empty list too
+
+
+def test_times_are_utc_iso_with_z_and_atomic_children_are_text(client) -> None:
+    job_id = create_job(client)
+    for child in ("destruction", "termination"):
+        response = client.get(f"/async/{job_id}/{child}")
+        assert response.headers["content-type"].startswith("text/plain")
+        assert response.text.endswith("Z") and datetime.fromisoformat(response.text).tzinfo is not None
+    assert client.get(f"/async/{job_id}/executionduration").text == str(12 * 3600)
+    assert client.get(f"/async/{job_id}/quote").text == ""
+    assert client.get(f"/async/{job_id}/owner").text == "anonymous"
+    assert client.get(f"/async/{job_id}/error").text == ""
+    assert client.get(f"/async/{job_id}/nosuchchild").status_code == 404
+
+
+def test_json_representation(client) -> None:
+    job_id = create_job(client, {"POS": "150.1,2.2", "SIZE": "0.01", "RUNID": "j"})
+    body = client.get(f"/async/{job_id}", headers={"Accept": "application/json"}).json()
+    assert body["jobId"] == job_id and body["phase"] == "PENDING" and body["runId"] == "j"
+    assert {"id": "pos", "value": "150.1,2.2"} in body["parameters"]
+    listing = client.get("/async", headers={"Accept": "application/json"}).json()
+    assert listing[0]["jobId"] == job_id
