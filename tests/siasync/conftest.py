@@ -26,8 +26,8 @@ def make_client(tmp_path: Path, demo_archive: Path) -> Callable[..., Any]:
             tokens = tmp_path / "tokens.txt"
             tokens.write_text("# token owner\n" + "".join(f"{t} {o}\n" for t, o in TOKENS.items()))
             changes.setdefault("tokens_file", tokens)
-        settings = Settings(archive=demo_archive, state_dir=tmp_path / "state", workers=2,
-                            reaper_interval_s=0.2, **changes)
+        values = {"archive": demo_archive, "state_dir": tmp_path / "state", "workers": 2, "reaper_interval_s": 0.2}
+        settings = Settings(**{**values, **changes})
         with TestClient(create_app(settings), base_url="http://testserver.local") as client:
             yield client
 
