@@ -1,0 +1,88 @@
+"""The pages for people, driven through their own forms as a browser without JavaScript would."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import lxml.html
+
+from tests.siasync.helpers import create_job, phase, wait_for
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def page(client, path: str) -> lxml.html.HtmlElement:
+    response = client.get(path, headers=BROWSER)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    return lxml.html.fromstring(response.text)
+
+
+def submit(client, form: lxml.html.FormElement, **values: str):
+    """Post a form's own fields (with some values changed) to its own action."""
+    fields: dict[str, list[str]] = {}
+    for name, value in form.form_values():
+        fields.setdefault(name, []).append(values.pop(name, value))
+    for name, value in values.items():
+        fields.setdefault(name, []).append(value)
+    return client.post(form.action, data=fields, headers=BROWSER, follow_redirects=False)
+
+
+def test_landing_page_describes_the_archive_and_creates_jobs(client) -> None:
+    doc = page(client, "/")
+    text = doc.text_content()
+    assert "DEMO-WIDE" in text and "DEMO-DEEP" in text and "55 images" in text
+    form = doc.xpath("//form[@action='/async']")[0]
+    assert form.method.upper() == "POST"
+    form.fields["POS"] = "150.1,2.2\n150.2,2.25"
+    response = submit(client, form, SIZE="0.02")
+    assert response.status_code == 303
+    job_id = response.headers["location"].rsplit("/", 1)[-1]
+    assert wait_for(client, job_id, ("COMPLETED",)) == "COMPLETED"
+    params = client.get(f"/async/{job_id}/parameters").text
+    assert "150.1,2.2" in params and "0.02" in params
+
+
+def test_job_page_shows_phase_parameters_results_and_working_forms(client) -> None:
+    job_id = create_job(client, {"POS": "150.1,2.2", "SIZE": "0.02", "FORMAT": "ALL", "RUNID": "page test"})
+    doc = page(client, f"/async/{job_id}")
+    assert doc.get_element_by_id("phase").text == "PENDING"
+    cells = [td.text_content() for td in doc.xpath("//td")]
+    assert "150.1,2.2" in cells and "ALL" in cells
+    assert "page test" in doc.text_content()
+    forms = {(f.action, tuple(sorted(dict(f.form_values())))): f for f in doc.forms}
+    assert (f"/async/{job_id}/phase", ("PHASE",)) in forms
+
+    new = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    destruction = next(f for f in doc.forms if f.action.endswith("/destruction"))
+    assert submit(client, destruction, DESTRUCTION=new.isoformat()).status_code == 303
+    assert datetime.fromisoformat(client.get(f"/async/{job_id}/destruction").text) == new
+
+    run = next(f for f in doc.forms if dict(f.form_values()).get("PHASE") == "RUN")
+    assert submit(client, run).status_code == 303
+    wait_for(client, job_id, ("COMPLETED",))
+    doc = page(client, f"/async/{job_id}")
+    assert doc.get_element_by_id("phase").text == "COMPLETED"
+    links = doc.xpath("//a[contains(@href, '/results/')]/@href")
+    thumbs = doc.xpath("//img[contains(@class, 'thumb')]/@src")
+    assert links and thumbs and all(client.get(src).headers["content-type"] == "image/png" for src in thumbs)
+    assert not [f for f in doc.forms if dict(f.form_values()).get("PHASE") in ("RUN", "ABORT")]
+
+    delete = next(f for f in doc.forms if dict(f.form_values()).get("ACTION") == "DELETE")
+    response = submit(client, delete)
+    assert response.status_code == 303 and response.headers["location"] == "/async"
+    assert client.get(f"/async/{job_id}").status_code == 404
+
+
+def test_abort_form_and_job_list_filters(client) -> None:
+    job_id = create_job(client)
+    doc = page(client, f"/async/{job_id}")
+    abort = next(f for f in doc.forms if dict(f.form_values()).get("PHASE") == "ABORT")
+    submit(client, abort)
+    assert phase(client, job_id) == "ABORTED"
+    other = create_job(client)
+    listing = page(client, "/async")
+    assert {job_id, other} <= set(listing.xpath("//td/a/text()"))
+    filters = listing.xpath("//form[@method='get']")[0]
+    assert {"PHASE", "LAST", "AFTER"} <= set(filters.inputs.keys())
+    filtered = lxml.html.fromstring(client.get("/async", params={"PHASE": "ABORTED"}, headers=BROWSER).text)
+    assert filtered.xpath("//td/a/text()") == [job_id]
