@@ -1,0 +1,69 @@
+"""A real siasync server: `siasync serve` under uvicorn in a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One server process over a state directory; restartable on the same directory and port."""
+
+    def __init__(self, archive: Path, state_dir: Path, log: Path, *args: str) -> None:
+        self.archive, self.state_dir, self.log_path, self.args = archive, state_dir, log, args
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "siasync", "serve", "--port", str(self.port), "--archive", str(self.archive),
+                 "--state-dir", str(self.state_dir), *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/async", timeout=2).status_code < 500:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server's process group (by the PID we started) and wait for it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path, demo_archive: Path) -> Iterator[Server]:
+    srv = Server(demo_archive, tmp_path / "state", tmp_path / "server.log").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -1,0 +1,85 @@
+"""The real server with real clients: pyvo drives jobs, and a restart loses nothing."""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from astropy.io import fits
+from astropy.time import Time
+from pyvo.dal import AsyncTAPJob
+from pyvo.io.uws import parse_job
+
+from tests.e2e.conftest import Server
+
+
+def create(server: Server, **params) -> str:
+    data = {"POS": "150.1,2.2", "SIZE": "0.02", **params}
+    response = httpx.post(server.url + "/async", data=data, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    return server.url + response.headers["location"]
+
+
+def wait_final(url: str, timeout: float = 60):
+    """Block with UWS WAIT until the job is in a final phase; return the parsed job."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = parse_job(io.BytesIO(httpx.get(url, params={"WAIT": "30"}, timeout=40).content))
+        if job.phase in ("COMPLETED", "ERROR", "ABORTED"):
+            return job
+    raise AssertionError(f"{url} did not finish")
+
+
+def test_pyvo_drives_a_job_against_the_real_server(server: Server) -> None:
+    job = AsyncTAPJob(create(server, FORMAT="ALL"), delete=False)
+    assert job.phase == "PENDING"
+    job.execution_duration = 600
+    assert job.execution_duration.to_value("s") == 600
+    new = Time((datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0))
+    job.destruction = new
+    assert abs((job.destruction - new).sec) < 1
+    job.run()
+    job.wait(timeout=60)
+    assert job.phase == "COMPLETED"
+    document = parse_job(io.BytesIO(httpx.get(job.url).content))
+    assert document.results
+    fits_results = [r for r in document.results if r.href.endswith(".fits")]
+    with fits.open(io.BytesIO(httpx.get(fits_results[0].href).content)) as hdul:
+        hdul.verify("exception")
+        assert hdul[0].header["PARENTID"] in fits_results[0].href
+    url = job.url
+    job.delete()
+    assert httpx.get(url).status_code == 404
+
+
+def test_a_restart_keeps_every_job_phase_parameter_and_result(server: Server) -> None:
+    done = create(server, FORMAT="ALL", RUNID="kept", PHASE="RUN")
+    wait_final(done)
+    pending = create(server, POS="150.2,2.3")
+    aborted = create(server)
+    httpx.post(aborted + "/phase", data={"PHASE": "ABORT"})
+    before = {url: httpx.get(url).content for url in (done, pending, aborted)}
+    files = {r: httpx.get(r).content for r in
+             [res.href for res in parse_job(io.BytesIO(before[done])).results]}
+    assert files
+    server.stop(signal.SIGTERM)
+    server.start()
+    for url, document in before.items():
+        assert httpx.get(url).content == document
+    for href, content in files.items():
+        assert httpx.get(href).content == content
+    httpx.post(pending + "/phase", data={"PHASE": "RUN"})
+    assert wait_final(pending).phase == "COMPLETED"
+
+
+def test_a_queued_job_survives_a_kill_and_runs_after_restart(server: Server) -> None:
+    later = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
+    job = create(server, START=later, PHASE="RUN")
+    assert httpx.get(job + "/phase").text == "QUEUED"
+    server.stop(signal.SIGKILL)
+    server.start()
+    final = wait_final(job)
+    assert final.phase == "COMPLETED" and final.results
