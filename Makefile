@@ -31,8 +31,9 @@ serve: demo
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-bench demo
 	$(BIN)/python bench/cutout_bench.py
+	$(BIN)/python bench/service_bench.py --archive $(DEMO)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache bench/.scratch

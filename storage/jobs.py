@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text,
                         TypeDecorator, UniqueConstraint, delete, func, insert, select, update)
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -233,13 +234,32 @@ class JobStore:
 
     async def add_result(self, job_id: str, result_id: str, path: str, size: int, mime_type: str,
                          meta: dict | None = None) -> Result:
-        """Register a result at the end of the job's list (sequence numbers from 1)."""
-        async with self._session.begin() as s:
-            seq = (await s.execute(select(func.coalesce(func.max(ResultRow.seq), 0))
-                                   .where(ResultRow.job_id == job_id))).scalar_one() + 1
-            await s.execute(insert(ResultRow).values(job_id=job_id, seq=seq, result_id=result_id, path=path,
-                                                     size=size, mime_type=mime_type, meta=meta or {}))
-        return Result(seq, result_id, path, size, mime_type, meta or {})
+        """Register a result at the end of the job's list (sequence numbers from 1).
+
+        The sequence number is computed inside the INSERT, so concurrent writers cannot
+        take the same one on SQLite; on a backend where they still can, the loser retries.
+
+        Raises
+        ------
+        IntegrityError
+            When the job already has a result with this id.
+        """
+        next_seq = (select(func.coalesce(func.max(ResultRow.seq), 0) + 1)
+                    .where(ResultRow.job_id == job_id).scalar_subquery())
+        values = {"job_id": job_id, "seq": next_seq, "result_id": result_id, "path": path, "size": size,
+                  "mime_type": mime_type, "meta": meta or {}}
+        for attempt in range(20):
+            try:
+                async with self._session.begin() as s:
+                    await s.execute(insert(ResultRow).values(**values))
+                break
+            except IntegrityError:
+                if attempt == 19 or await self.result(job_id, result_id) is not None:
+                    raise
+        result = await self.result(job_id, result_id)
+        if result is None:  # the job was deleted between the insert and this read
+            raise StoreError(f"job {job_id} vanished while registering {result_id}")
+        return result
 
     async def results(self, job_id: str) -> list[Result]:
         """The job's results in registration order."""

@@ -49,3 +49,11 @@ def test_clear_errors_for_bad_arguments(tmp_path: Path) -> None:
     no_settings = run("demo-archive", str(tmp_path / "demo"), "--settings", str(tmp_path / "none.toml"))
     assert no_settings.returncode == 2 and "no generator settings" in no_settings.stderr
     assert run("archive").returncode == 2
+
+
+def test_serve_refuses_an_archive_without_index_and_bad_settings(tmp_path: Path) -> None:
+    assert "--public-url" in run("serve", "--help").stdout
+    result = run("serve", "--archive", str(tmp_path), "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 2 and "no archive index" in result.stderr
+    result = run("serve", "--archive", str(tmp_path), "--auth", "token")
+    assert result.returncode == 2 and "tokens_file" in result.stderr

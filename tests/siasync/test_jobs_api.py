@@ -313,3 +313,21 @@ def test_openapi_schema_is_served(client) -> None:
     assert response.status_code == 200
     paths = response.json()["paths"]
     assert "/async" in paths and "/async/{job_id}/phase" in paths
+
+
+def test_other_requests_are_answered_while_many_clients_wait(client) -> None:
+    waiting_on = [create_job(client) for _ in range(5)]
+    other = create_job(client)
+    threads = [threading.Thread(target=client.get, args=(f"/async/{waiting_on[i % 5]}",),
+                                kwargs={"params": {"WAIT": "8"}}) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    answers = [client.get(f"/async/{other}/phase").text for _ in range(20)]
+    assert answers == ["PENDING"] * 20
+    assert all(thread.is_alive() for thread in threads)  # answered while all 40 were still blocked
+    for job_id in waiting_on:
+        post_phase(client, job_id, "ABORT")  # wakes every waiter
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)

@@ -1,0 +1,103 @@
+"""The job store: compare-and-set phases under races, ordered results, schema versions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from storage.jobs import SCHEMA_VERSION, Job, JobStore, StoreError
+
+
+def make_job(job_id: str, owner: str = "alice", phase: str = "PENDING", created: datetime | None = None) -> Job:
+    now = created or datetime.now(UTC)
+    return Job(id=job_id, owner=owner, run_id=None, phase=phase, creation_time=now, start_time=None, end_time=None,
+               execution_duration=60, destruction=now + timedelta(days=1), quote=None, start_after=None,
+               error_type=None, error_message=None, parameters=[["POS", "1,2"]], spec={"a": 1}, info={})
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+
+
+def test_jobs_round_trip_with_utc_times(tmp_path: Path) -> None:
+    async def scenario() -> Job | None:
+        store = await JobStore.open(url(tmp_path))
+        await store.create(make_job("j1"))
+        job = await store.get("j1")
+        await store.close()
+        return job
+
+    job = run(scenario())
+    assert job is not None and job.creation_time.tzinfo is UTC and job.parameters == [["POS", "1,2"]]
+
+
+def test_racing_transitions_let_exactly_one_win(tmp_path: Path) -> None:
+    async def scenario() -> list[tuple[bool, bool, str]]:
+        store = await JobStore.open(url(tmp_path))
+        outcomes = []
+        for i in range(25):
+            await store.create(make_job(f"r{i}", phase="EXECUTING"))
+            done, aborted = await asyncio.gather(
+                store.transition(f"r{i}", ("EXECUTING",), "COMPLETED"),
+                store.transition(f"r{i}", ("PENDING", "QUEUED", "EXECUTING"), "ABORTED"))
+            outcomes.append((done, aborted, (await store.get(f"r{i}")).phase))
+        await store.close()
+        return outcomes
+
+    for done, aborted, final in run(scenario()):
+        assert done != aborted  # one and only one
+        assert final == ("COMPLETED" if done else "ABORTED")
+
+
+def test_results_are_ordered_and_unique_per_job(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await JobStore.open(url(tmp_path))
+        await store.create(make_job("a"))
+        await store.create(make_job("b"))
+        await asyncio.gather(*(store.add_result("a", f"r{i}", f"r{i}", i, "image/fits") for i in range(20)))
+        await store.add_result("b", "r0", "r0", 1, "image/png")
+        results = await store.results("a")
+        assert [r.seq for r in results] == list(range(1, 21))
+        assert len({r.result_id for r in results}) == 20
+        with pytest.raises(IntegrityError):
+            await store.add_result("a", "r3", "r3", 1, "image/fits")
+        assert (await store.result("b", "r0")).mime_type == "image/png"
+        assert await store.delete("a")
+        assert await store.results("a") == [] and len(await store.results("b")) == 1
+        await store.close()
+
+    run(scenario())
+
+
+def test_list_filters_and_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await JobStore.open(url(tmp_path))
+        base = datetime(2026, 1, 1, tzinfo=UTC)
+        for i in range(10):
+            await store.create(make_job(f"j{i}", owner="alice" if i % 2 else "bob", created=base + timedelta(hours=i),
+                                        phase="COMPLETED" if i < 5 else "PENDING"))
+        assert [j.id for j in await store.list("alice")] == ["j9", "j7", "j5", "j3", "j1"]
+        assert [j.id for j in await store.list("alice", ["COMPLETED"])] == ["j3", "j1"]
+        assert [j.id for j in await store.list("bob", None, base + timedelta(hours=5))] == ["j8", "j6"]
+        assert [j.id for j in await store.list("bob", None, None, 2)] == ["j8", "j6"]
+        assert len(await store.list(None)) == 10
+        await store.close()
+
+    run(scenario())
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    run(JobStore.open(url(tmp_path))).engine  # creates version SCHEMA_VERSION
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="schema version"):
+        run(JobStore.open(url(tmp_path)))
