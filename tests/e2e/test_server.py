@@ -83,3 +83,29 @@ def test_a_queued_job_survives_a_kill_and_runs_after_restart(server: Server) -> 
     server.start()
     final = wait_final(job)
     assert final.phase == "COMPLETED" and final.results
+
+
+def test_an_executing_job_resumes_after_sigkill_with_each_product_once(server: Server, demo_archive) -> None:
+    from cutout.index import ArchiveIndex
+    from cutout.sky import Field
+
+    positions = [(150.1 + 0.004 * (i % 25), 2.2 + 0.004 * (i // 25)) for i in range(150)]
+    job = create(server, POS=[f"{ra},{dec}" for ra, dec in positions], SIZE="0.03", PHASE="RUN")
+    deadline = time.monotonic() + 60
+    while not parse_job(io.BytesIO(httpx.get(job).content)).results and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(job + "/phase").text == "EXECUTING"
+    server.stop(signal.SIGKILL)
+    server.start()
+    final = wait_final(job, timeout=120)
+    assert final.phase == "COMPLETED"
+    index = ArchiveIndex.load(demo_archive)
+    expected = {f"{i:05d}.{record.id}.fits" for i, (ra, dec) in enumerate(positions)
+                for record in index.lookup(Field(ra, dec, 0.03, 0.03))}
+    ids = [r.id_ for r in final.results]
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    for result in final.results[::40]:
+        with fits.open(io.BytesIO(httpx.get(result.href).content)) as hdul:
+            hdul.verify("exception")
+    leftovers = [p for p in (server.state_dir / "results").rglob(".tmp-*")]
+    assert not leftovers
