@@ -102,7 +102,7 @@ def cutout_benchmarks(scratch: Path, n: int) -> list[tuple[str, float, float]]:
     boxes = [(int(cy) - CUT // 2 + 1, int(cx) - CUT // 2 + 1) for cx, cy in centres]
     with fits.open(path) as hdul:
         offset = hdul[0].fileinfo()["datLoc"]
-    row_bytes, stride = CUT * 4, PARENT * 4
+    stride = PARENT * 4
 
     def ours(i: int) -> bytes:
         return cut(cache.get(path, 0, "bench", "parent4096.fits"), fields[i]).to_fits()

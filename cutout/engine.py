@@ -295,19 +295,17 @@ def cutout(parent: ParentImage, position: SkyCoord, size: u.Quantity) -> Cutout:
 def _clip_polygon(x: np.ndarray, y: np.ndarray, lo_x: float, hi_x: float,
                   lo_y: float, hi_y: float) -> tuple[list[float], list[float]]:
     """Sutherland-Hodgman clipping of a polygon to an axis-aligned rectangle."""
-    points = list(zip(x.tolist(), y.tolist()))
-    for axis, bound, keep_below in ((0, lo_x, False), (0, hi_x, True), (1, lo_y, False), (1, hi_y, True)):
-        if not points:
-            break
-        inside = (lambda p: p[axis] <= bound) if keep_below else (lambda p: p[axis] >= bound)
+    points = list(zip(x.tolist(), y.tolist(), strict=True))
+    for axis, bound, sign in ((0, lo_x, 1.0), (0, hi_x, -1.0), (1, lo_y, 1.0), (1, hi_y, -1.0)):
         clipped = []
         for i, current in enumerate(points):
             previous = points[i - 1]
-            if inside(current) != inside(previous):
+            current_in = sign * (current[axis] - bound) >= 0
+            if current_in != (sign * (previous[axis] - bound) >= 0):
                 t = (bound - previous[axis]) / (current[axis] - previous[axis])
                 clipped.append((previous[0] + t * (current[0] - previous[0]),
                                 previous[1] + t * (current[1] - previous[1])))
-            if inside(current):
+            if current_in:
                 clipped.append(current)
         points = clipped
     return [p[0] for p in points], [p[1] for p in points]

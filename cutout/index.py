@@ -180,7 +180,7 @@ class ArchiveIndex:
                      r.scale, r.filesize, int(r.compressed), r.wcs_header,
                      np.ascontiguousarray(r.footprint, dtype="<f8").tobytes(),
                      np.ascontiguousarray(c, dtype="<i8").tobytes())
-                    for seq, (r, c) in enumerate(zip(self.records, self._cells))])
+                    for seq, (r, c) in enumerate(zip(self.records, self._cells, strict=True))])
             db.close()
             os.replace(tmp, target)
         except BaseException:

@@ -8,7 +8,6 @@ HTTP handlers call one method each; the executor and the reaper call the
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,6 @@ from siasync.params import (Limits, RawParams, StagingRequest, clamp_destruction
 from storage.files import ResultFiles
 from storage.jobs import Job, JobStore, Result
 
-log = logging.getLogger(__name__)
 
 PHASES = ("PENDING", "QUEUED", "EXECUTING", "COMPLETED", "ERROR", "ABORTED", "UNKNOWN", "HELD",
           "SUSPENDED", "ARCHIVED")
@@ -31,7 +29,6 @@ ACTIVE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
 RUNNABLE = ("PENDING", "HELD")
 #: phases from which PHASE=ABORT is accepted
 ABORTABLE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
-FINISHED = ("COMPLETED", "ERROR", "ABORTED")
 
 
 class Executor(Protocol):

@@ -52,7 +52,7 @@ def test_wide_covers_the_field_with_overlapping_tiles(demo_index: ArchiveIndex) 
         for dy in offsets:
             point = centre.spherical_offsets_by(dx * u.deg, dy * u.deg)
             covered = False
-            for w, rec in tiles:
+            for w, _ in tiles:
                 x, y = w.world_to_pixel(point)
                 covered |= bool(-0.5 <= x <= 1023.5 and -0.5 <= y <= 1023.5)
             assert covered, (dx, dy)
@@ -92,7 +92,7 @@ def test_one_sky_every_bright_star_lands_on_its_catalogue_position(demo_index: A
         w = WCS(header)
         sigma_px = header["SEEING"] / 2.3548 / rec.scale
         r_ap = int(np.ceil(4 * sigma_px))
-        for star, (x, y) in zip(stars, w.all_world2pix(np.c_[stars["ra"], stars["dec"]], 0)):
+        for star, (x, y) in zip(stars, w.all_world2pix(np.c_[stars["ra"], stars["dec"]], 0), strict=True):
             ix, iy = int(round(x)), int(round(y))
             if not (r_ap + 2 <= ix < rec.shape[1] - r_ap - 2 and r_ap + 2 <= iy < rec.shape[0] - r_ap - 2):
                 continue

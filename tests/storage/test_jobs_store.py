@@ -24,6 +24,10 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def run_and_close(opening) -> None:
+    await (await opening).close()
+
+
 def url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
 
@@ -96,7 +100,7 @@ def test_list_filters_and_order(tmp_path: Path) -> None:
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    run(JobStore.open(url(tmp_path))).engine  # creates version SCHEMA_VERSION
+    run(run_and_close(JobStore.open(url(tmp_path))))  # creates version SCHEMA_VERSION
     with sqlite3.connect(tmp_path / "jobs.db") as db:
         db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="schema version"):
