@@ -20,12 +20,13 @@ from cutout.index import ArchiveIndex
 from siasync import __version__
 from siasync.auth import Authenticator
 from siasync.errors import ServiceError
-from siasync.executor import ThreadExecutor
 from siasync.jobs import JobService
+from siasync.pool import LocalPool
 from siasync.params import Limits
 from siasync.representations import iso
 from siasync.routes_async import AsyncJobs
 from siasync.routes_pages import Pages
+from siasync.scheduler import Scheduler
 from siasync.settings import Settings
 from siasync.web import TEXT
 from storage.files import ResultFiles
@@ -67,9 +68,9 @@ def create_app(settings: Settings) -> Litestar:
         store = await JobStore.open(settings.database)
         files = ResultFiles(settings.state_dir / "results")
         service = JobService(store, files, limits_for(settings, index), settings.wait_max_s)
-        executor = ThreadExecutor(service, index, settings.workers)
+        executor = Scheduler(service, index, LocalPool(settings.workers), max_jobs=max(2, settings.workers))
         service.executor = executor
-        executor.start()
+        await executor.start()
         for job_id in await service.requeue_interrupted():
             await asyncio.to_thread(files.remove_temporaries, job_id)
             executor.submit(job_id)

@@ -45,7 +45,7 @@ class Executor(Protocol):
 
 
 class PhaseWatch:
-    """Wakes WAIT requests when a job's phase changes in this process."""
+    """Wakes waiters on a job (WAIT on phase changes, event streams on new results), in this process."""
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
@@ -56,13 +56,14 @@ class PhaseWatch:
         if event is not None:
             event.set()
 
-    async def wait(self, job_id: str, timeout: float) -> None:
-        """Return at the next phase change of ``job_id``, or after ``timeout`` seconds."""
+    async def wait(self, job_id: str, timeout: float) -> bool:
+        """Return at the next notification for ``job_id`` (True), or after ``timeout`` seconds (False)."""
         event = self._events.setdefault(job_id, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
-            pass
+            return False
+        return True
 
 
 class JobService:
@@ -74,6 +75,8 @@ class JobService:
         self.limits = limits
         self.wait_max_s = wait_max_s
         self.watch = PhaseWatch()
+        #: woken when a job registers new results (Server-Sent Events)
+        self.results_watch = PhaseWatch()
         self.executor: Executor | None = None
 
     # -- reading ------------------------------------------------------------------------
@@ -251,6 +254,7 @@ class JobService:
         moved = await self.store.transition(job_id, tuple(from_phases), to_phase, **changes)
         if moved:
             self.watch.notify(job_id)
+            self.results_watch.notify(job_id)
         return moved
 
 

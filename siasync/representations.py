@@ -7,6 +7,10 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from storage.jobs import Job, Result
+from storage.table import MIME as TABLE_MIME
+
+#: the fixed result id of the growing SIAP table
+TABLE_ID = "table"
 
 UWS = "http://www.ivoa.net/xml/UWS/v1.0"
 XLINK = "http://www.w3.org/1999/xlink"
@@ -59,9 +63,17 @@ def jobs_xml(jobs: list[Job], base: str) -> bytes:
     return _document(root)
 
 
+def listed_results(job: Job, results: list[Result]) -> list[Result]:
+    """The results as listed: the growing ``table`` first (once the job has started), then the products."""
+    if job.start_time is None:
+        return results
+    return [Result(0, TABLE_ID, "", -1, TABLE_MIME), *results]
+
+
 def _fill_results(container: ET.Element, job_id: str, results: list[Result], base: str) -> ET.Element:
     for r in results:
-        _el(container, "result", id=r.result_id, size=str(r.size), **{"mime-type": r.mime_type},
+        sized = {"size": str(r.size)} if r.size >= 0 else {}
+        _el(container, "result", id=r.result_id, **sized, **{"mime-type": r.mime_type},
             **{f"{{{XLINK}}}type": "simple", f"{{{XLINK}}}href": result_url(base, job_id, r.result_id)})
     return container
 
@@ -110,7 +122,7 @@ def parameters_xml(job: Job) -> bytes:
 def job_info(job: Job) -> dict[str, Any]:
     """The service facts shown in jobInfo: progress, deferred start, warnings."""
     info: dict[str, Any] = {}
-    for key in ("fields_total", "fields_done", "pairs_total", "products", "bytes"):
+    for key in ("fields_total", "fields_done", "pairs_done", "products", "bytes", "rate", "empty_count"):
         if key in job.info:
             info[key] = job.info[key]
     if job.start_after is not None:
@@ -130,8 +142,8 @@ def job_json(job: Job, results: list[Result], base: str) -> dict[str, Any]:
         "startTime": iso(job.start_time) or None, "endTime": iso(job.end_time) or None,
         "executionDuration": job.execution_duration, "destruction": iso(job.destruction),
         "parameters": [{"id": n.lower(), "value": v} for n, v in job.parameters],
-        "results": [{"id": r.result_id, "href": result_url(base, job.id, r.result_id), "size": r.size,
-                     "mime-type": r.mime_type} for r in results],
+        "results": [{"id": r.result_id, "href": result_url(base, job.id, r.result_id),
+                     "size": r.size if r.size >= 0 else None, "mime-type": r.mime_type} for r in results],
         "errorSummary": {"type": job.error_type, "message": job.error_message} if job.error_message else None,
         "jobInfo": job_info(job),
     }

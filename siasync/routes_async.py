@@ -5,11 +5,15 @@ from __future__ import annotations
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
-from litestar.response import File
+from litestar.response import ServerSentEvent
 
+from siasync.download import file_response
 from siasync.errors import UsageError
+from siasync.events import job_events, last_event_id
 from siasync.jobs import PHASES, JobService
-from siasync.representations import (iso, job_json, job_xml, jobs_json, jobs_xml, parameters_xml, results_xml)
+from siasync.representations import (iso, job_json, job_xml, jobs_json, jobs_xml, listed_results, parameters_xml,
+                                     results_xml)
+from siasync.table import table_response
 from siasync.settings import Settings
 from siasync.web import base_url, one, raw_params, represent, see_other, text
 
@@ -23,7 +27,7 @@ async def _job_page(request: Request, service: JobService, settings: Settings, o
                     wait: str | None = None, phase: str | None = None) -> Response:
     job = (await service.wait(job_id, owner, wait, phase) if wait is not None
            else await service.get(job_id, owner))
-    results = await service.store.results(job_id)
+    results = listed_results(job, await service.store.results(job_id))
     base = base_url(request, settings.public_url)
     return represent(request, job_xml(job, results, base), job_json(job, results, base), "job.html",
                      {"job": job, "results": results, "base": base, "phases": PHASES})
@@ -148,11 +152,25 @@ class AsyncJobs(Controller):
     @get(JOB + "/results", summary="The results so far")
     async def get_results(self, request: Request, service: Service, settings: Config, owner: Owner,
                       job_id: FromPath[str]) -> Response:
-        results = await service.results(job_id, owner)
+        job = await service.get(job_id, owner)
+        results = listed_results(job, await service.store.results(job_id))
         return Response(results_xml(job_id, results, base_url(request, settings.public_url)),
                         media_type="application/xml")
 
-    @get(JOB + "/results/{result_id:str}", summary="Download one result")
-    async def get_result(self, service: Service, owner: Owner, job_id: FromPath[str], result_id: FromPath[str]) -> File:
+    @get(JOB + "/results/table", summary="The growing SIAP table of the products registered so far")
+    async def get_table(self, request: Request, service: Service, settings: Config, owner: Owner,
+                        job_id: FromPath[str]) -> Response:
+        return await table_response(service, await service.get(job_id, owner), base_url(request, settings.public_url))
+
+    @get(JOB + "/results/{result_id:str}", summary="Download one result (ETag, Last-Modified, Range)")
+    async def get_result(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str],
+                         result_id: FromPath[str]) -> Response:
         result, path = await service.result_file(job_id, owner, result_id)
-        return File(path, media_type=result.mime_type, filename=result.result_id, content_disposition_type="inline")
+        return await file_response(request, path, result.mime_type, result.result_id)
+
+    @get(JOB + "/events", summary="Server-Sent Events: phase, progress and each new result")
+    async def get_events(self, request: Request, service: Service, settings: Config, owner: Owner,
+                         job_id: FromPath[str]) -> ServerSentEvent:
+        await service.get(job_id, owner)
+        after = last_event_id(request.headers.get("last-event-id"))
+        return ServerSentEvent(job_events(service, job_id, after, base_url(request, settings.public_url)))

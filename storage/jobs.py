@@ -20,8 +20,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Bumped whenever the tables change; `JobStore.open` refuses a store it cannot read.
-SCHEMA_VERSION = 1
+#: Bumped whenever the tables change; `JobStore.open` migrates older stores and refuses newer ones.
+#: 1: jobs and results. 2: table_rows, the growing SIAP table of each job.
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(TypeDecorator):
@@ -82,6 +83,38 @@ class ResultRow(Base):
     mime_type: Mapped[str] = mapped_column(String(64))
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
     __table_args__ = (UniqueConstraint("job_id", "result_id", name="uq_results_job_result"),)
+
+
+class TableRowRow(Base):
+    __tablename__ = "table_rows"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    field: Mapped[int] = mapped_column(Integer)
+    image_id: Mapped[str] = mapped_column(String(255))
+    result_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: the pre-rendered VOTable <TR>, with "{BASE}" standing for the service's base URL
+    row: Mapped[str] = mapped_column(Text)
+    __table_args__ = (Index("ix_table_rows_job_field", "job_id", "field"),)
+
+
+@dataclass(frozen=True)
+class Product:
+    """A file to register: its result id (also its file name), size and type."""
+
+    result_id: str
+    size: int
+    mime_type: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """A row of a job's table: the (field, image) pair it describes and its <TR>."""
+
+    field: int
+    image_id: str
+    result_id: str | None
+    row: str
 
 
 @dataclass(frozen=True)
@@ -160,10 +193,14 @@ class JobStore:
             found = (await conn.execute(select(SchemaRow.version))).scalars().all()
             if not found:
                 await conn.execute(insert(SchemaRow).values(version=SCHEMA_VERSION))
-            elif max(found) != SCHEMA_VERSION:
+            elif max(found) > SCHEMA_VERSION:
                 await engine.dispose()
                 raise StoreError(f"the job store has schema version {max(found)}; this siasync "
-                                 f"reads version {SCHEMA_VERSION}")
+                                 f"reads versions up to {SCHEMA_VERSION}")
+            elif max(found) < SCHEMA_VERSION:
+                # 1 -> 2 adds table_rows, which create_all has just made; older jobs keep an empty table
+                await conn.execute(delete(SchemaRow))
+                await conn.execute(insert(SchemaRow).values(version=SCHEMA_VERSION))
         return cls(engine)
 
     async def close(self) -> None:
@@ -217,6 +254,7 @@ class JobStore:
         """Forget a job and its results."""
         async with self._session.begin() as s:
             await s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
+            await s.execute(delete(TableRowRow).where(TableRowRow.job_id == job_id))
             return (await s.execute(delete(JobRow).where(JobRow.id == job_id))).rowcount == 1
 
     async def ids_where(self, *, phases: Iterable[str] | None = None,
@@ -232,34 +270,68 @@ class JobStore:
 
     # -- results --------------------------------------------------------------------------
 
-    async def add_result(self, job_id: str, result_id: str, path: str, size: int, mime_type: str,
-                         meta: dict | None = None) -> Result:
-        """Register a result at the end of the job's list (sequence numbers from 1).
+    async def register(self, job_id: str, products: Sequence[Product], rows: Sequence[TableRow]) -> None:
+        """Append results and table rows in one transaction: both lists grow together or not at all.
 
-        The sequence number is computed inside the INSERT, so concurrent writers cannot
+        Sequence numbers are computed inside each INSERT, so concurrent writers cannot
         take the same one on SQLite; on a backend where they still can, the loser retries.
 
         Raises
         ------
         IntegrityError
-            When the job already has a result with this id.
+            When the job already has a result with one of these ids.
         """
-        next_seq = (select(func.coalesce(func.max(ResultRow.seq), 0) + 1)
-                    .where(ResultRow.job_id == job_id).scalar_subquery())
-        values = {"job_id": job_id, "seq": next_seq, "result_id": result_id, "path": path, "size": size,
-                  "mime_type": mime_type, "meta": meta or {}}
+        def next_seq(table: Any) -> Any:
+            return select(func.coalesce(func.max(table.seq), 0) + 1).where(table.job_id == job_id).scalar_subquery()
+
         for attempt in range(20):
             try:
                 async with self._session.begin() as s:
-                    await s.execute(insert(ResultRow).values(**values))
-                break
+                    for p in products:
+                        await s.execute(insert(ResultRow).values(
+                            job_id=job_id, seq=next_seq(ResultRow), result_id=p.result_id, path=p.result_id,
+                            size=p.size, mime_type=p.mime_type, meta=p.meta))
+                    for r in rows:
+                        await s.execute(insert(TableRowRow).values(
+                            job_id=job_id, seq=next_seq(TableRowRow), field=r.field, image_id=r.image_id,
+                            result_id=r.result_id, row=r.row))
+                return
             except IntegrityError:
-                if attempt == 19 or await self.result(job_id, result_id) is not None:
+                existing = [await self.result(job_id, p.result_id) for p in products]
+                if attempt == 19 or any(e is not None for e in existing):
                     raise
+
+    async def add_result(self, job_id: str, result_id: str, size: int, mime_type: str,
+                         meta: dict | None = None) -> Result:
+        """Register one result without a table row (see `register`)."""
+        await self.register(job_id, [Product(result_id, size, mime_type, meta or {})], [])
         result = await self.result(job_id, result_id)
         if result is None:  # the job was deleted between the insert and this read
             raise StoreError(f"job {job_id} vanished while registering {result_id}")
         return result
+
+    async def done_pairs(self, job_id: str, first_field: int, last_field: int) -> set[tuple[int, str]]:
+        """The (field, image) pairs of some fields that already have their table rows."""
+        query = (select(TableRowRow.field, TableRowRow.image_id).distinct()
+                 .where(TableRowRow.job_id == job_id, TableRowRow.field >= first_field,
+                        TableRowRow.field <= last_field))
+        async with self._session() as s:
+            return {(f, i) for f, i in (await s.execute(query)).all()}
+
+    async def table_rows(self, job_id: str, after: int = 0, limit: int = 2000) -> list[tuple[int, str]]:
+        """(seq, row) of a job's table rows after ``after``, in order."""
+        query = (select(TableRowRow.seq, TableRowRow.row).where(TableRowRow.job_id == job_id, TableRowRow.seq > after)
+                 .order_by(TableRowRow.seq).limit(limit))
+        async with self._session() as s:
+            return [(seq, row) for seq, row in (await s.execute(query)).all()]
+
+    async def results_after(self, job_id: str, after: int, limit: int = 1000) -> list[Result]:
+        """A job's results with sequence numbers above ``after``, in order."""
+        query = (select(ResultRow).where(ResultRow.job_id == job_id, ResultRow.seq > after)
+                 .order_by(ResultRow.seq).limit(limit))
+        async with self._session() as s:
+            return [Result(r.seq, r.result_id, r.path, r.size, r.mime_type, r.meta)
+                    for r in (await s.execute(query)).scalars()]
 
     async def results(self, job_id: str) -> list[Result]:
         """The job's results in registration order."""

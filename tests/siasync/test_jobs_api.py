@@ -72,7 +72,8 @@ def test_abort_keeps_results_and_run_stages_real_cutouts(client) -> None:
                                  "PHASE": "RUN"})
     wait_for(client, job_id, ("COMPLETED",))
     results = client.get(f"/async/{job_id}", headers={"Accept": "application/json"}).json()["results"]
-    assert results and {r["mime-type"] for r in results} == {"image/fits", "image/png"}
+    assert results[0]["id"] == "table" and results[0]["mime-type"] == "text/xml;content=x-votable"
+    assert {r["mime-type"] for r in results[1:]} == {"image/fits", "image/png"}
     assert post_phase(client, job_id, "ABORT") == 403
     assert len(client.get(f"/async/{job_id}", headers={"Accept": "application/json"}).json()["results"]) == len(results)
 

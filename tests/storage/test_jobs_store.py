@@ -67,13 +67,13 @@ def test_results_are_ordered_and_unique_per_job(tmp_path: Path) -> None:
         store = await JobStore.open(url(tmp_path))
         await store.create(make_job("a"))
         await store.create(make_job("b"))
-        await asyncio.gather(*(store.add_result("a", f"r{i}", f"r{i}", i, "image/fits") for i in range(20)))
-        await store.add_result("b", "r0", "r0", 1, "image/png")
+        await asyncio.gather(*(store.add_result("a", f"r{i}", i, "image/fits") for i in range(20)))
+        await store.add_result("b", "r0", 1, "image/png")
         results = await store.results("a")
         assert [r.seq for r in results] == list(range(1, 21))
         assert len({r.result_id for r in results}) == 20
         with pytest.raises(IntegrityError):
-            await store.add_result("a", "r3", "r3", 1, "image/fits")
+            await store.add_result("a", "r3", 1, "image/fits")
         assert (await store.result("b", "r0")).mime_type == "image/png"
         assert await store.delete("a")
         assert await store.results("a") == [] and len(await store.results("b")) == 1

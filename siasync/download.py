@@ -1,0 +1,76 @@
+"""Result downloads: streamed from disk with aiofiles, with ETag, Last-Modified and byte ranges."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from pathlib import Path
+
+import aiofiles
+from litestar import Request, Response
+from litestar.response import Stream
+
+from siasync.errors import NotFound
+
+CHUNK = 256 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
+    """The inclusive (start, end) of a single ``bytes=`` range.
+
+    Returns None when the range cannot be satisfied, and False when the header is
+    not a single byte range (then the whole file is sent, as RFC 9110 allows).
+    """
+    match = _RANGE.match(header.strip())
+    if not match or not (match.group(1) or match.group(2)):
+        return False
+    first, last = match.group(1), match.group(2)
+    if not first:  # a suffix: the last N bytes
+        length = int(last)
+        return (max(size - length, 0), size - 1) if length > 0 and size > 0 else None
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        return None
+    return start, end
+
+
+async def _chunks(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
+    async with aiofiles.open(path, "rb") as f:
+        await f.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            chunk = await f.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            yield chunk
+
+
+async def file_response(request: Request, path: Path, media_type: str, filename: str) -> Response:
+    """A complete or partial (206) response for a result file."""
+    try:
+        st = await asyncio.to_thread(os.stat, path)
+    except FileNotFoundError:
+        raise NotFound(f"result {filename!r} is gone") from None
+    size = st.st_size
+    etag = f'"{size:x}-{st.st_mtime_ns:x}"'
+    headers = {"ETag": etag, "Last-Modified": formatdate(st.st_mtime, usegmt=True), "Accept-Ranges": "bytes",
+               "Content-Disposition": f'inline; filename="{filename}"'}
+    if request.headers.get("if-none-match") in (etag, "*"):
+        return Response(b"", status_code=304, headers=headers)
+    start, end, status = 0, size - 1, 200
+    wanted = request.headers.get("range")
+    if wanted and request.headers.get("if-range", etag) == etag:
+        chosen = byte_range(wanted, size)
+        if chosen is None:
+            return Response(b"", status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        if chosen:
+            (start, end), status = chosen, 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(max(end - start + 1, 0))
+    return Stream(_chunks(path, start, end), status_code=status, media_type=media_type, headers=headers)

@@ -1,0 +1,58 @@
+"""Server-Sent Events of a job: ``phase`` and ``progress`` changes, and a ``result`` per product.
+
+Result events carry the result's sequence number as their id, so a client that
+reconnects with ``Last-Event-ID`` receives exactly the results it has not seen.
+The stream ends once the job is in a final phase and every result has been sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from litestar.response import ServerSentEventMessage
+
+from siasync.errors import UsageError
+from siasync.jobs import ACTIVE, JobService
+from siasync.representations import job_info, result_url
+
+KEEPALIVE_S = 15.0
+
+
+def last_event_id(value: str | None) -> int:
+    """The sequence number a reconnecting client has seen (0 for none)."""
+    if value is None or not value.strip():
+        return 0
+    if not value.strip().isdigit():
+        raise UsageError("Last-Event-ID", f"expected a result sequence number, got {value!r}")
+    return int(value)
+
+
+async def job_events(service: JobService, job_id: str, after: int, base: str) -> AsyncIterator[ServerSentEventMessage]:
+    """The event stream of one job, from result ``after`` on."""
+    phase, info = None, None
+    while True:
+        job = await service.store.get(job_id)
+        if job is None:
+            yield ServerSentEventMessage(event="phase", data=json.dumps({"phase": "DESTROYED"}))
+            return
+        if job.phase != phase:
+            phase = job.phase
+            yield ServerSentEventMessage(event="phase", data=json.dumps({"phase": phase}))
+        results = await service.store.results_after(job_id, after)
+        for r in results:
+            after = r.seq
+            yield ServerSentEventMessage(event="result", id=r.seq, data=json.dumps({
+                "id": r.result_id, "href": result_url(base, job_id, r.result_id), "field": r.meta.get("field"),
+                "size": r.size, "mime-type": r.mime_type}))
+        current = job_info(job)
+        if current != info:
+            info = current
+            yield ServerSentEventMessage(event="progress", data=json.dumps(current))
+        if results:
+            continue
+        if job.phase not in ACTIVE:
+            return
+        woken = await service.results_watch.wait(job_id, KEEPALIVE_S)
+        if not woken:
+            yield ServerSentEventMessage(comment="keep-alive")

@@ -1,0 +1,103 @@
+"""Worker pools behind one small interface: submit a batch, cancel it, await it as it completes.
+
+`LocalPool` is a process pool on this machine. Workers come from a forkserver that
+has already imported the worker module, so a pool starts in well under a second,
+and each worker keeps its parent cache for its lifetime. If a worker dies, the
+pool is rebuilt and the batches it lost are reported as `LostTask`, which the
+scheduler submits again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Protocol
+
+from siasync.worker import BatchTask, PairOutcome, init_worker, run_batch, warm
+
+
+class LostTask(RuntimeError):
+    """A batch whose worker died before finishing; it may be submitted again."""
+
+
+class Submitted(Protocol):
+    """A submitted batch."""
+
+    def cancel(self) -> bool:
+        """Withdraw the batch if it has not started; True if it will not run."""
+
+    def __await__(self):  # pragma: no cover - protocol
+        """Its outcomes, or `LostTask`."""
+
+
+class TaskPool(Protocol):
+    """What the scheduler needs from a pool of workers."""
+
+    workers: int
+
+    async def start(self) -> None:
+        """Start the workers."""
+
+    def submit(self, task: BatchTask) -> Submitted:
+        """Queue a batch."""
+
+    async def close(self) -> None:
+        """Stop the workers."""
+
+
+class _LocalSubmission:
+    def __init__(self, pool: LocalPool, future: Future) -> None:
+        self._pool, self._future = pool, future
+
+    def cancel(self) -> bool:
+        return self._future.cancel()
+
+    def __await__(self):
+        return self._result().__await__()
+
+    async def _result(self) -> list[PairOutcome]:
+        try:
+            return await asyncio.wrap_future(self._future)
+        except BrokenProcessPool as exc:
+            self._pool.rebuild()
+            raise LostTask(str(exc)) from exc
+
+
+class LocalPool:
+    """A process pool of ``workers`` processes on this machine."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["siasync.worker"])
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=self._context, initializer=init_worker,
+                                   initargs=(os.getpid(),))
+
+    async def start(self) -> None:
+        """Start every worker now, so that the first job does not wait for them."""
+        await asyncio.gather(*(asyncio.wrap_future(self._executor.submit(warm)) for _ in range(self.workers)))
+
+    def submit(self, task: BatchTask) -> _LocalSubmission:
+        """Queue a batch; await the result for its outcomes."""
+        try:
+            return _LocalSubmission(self, self._executor.submit(run_batch, task))
+        except BrokenProcessPool:
+            self.rebuild()
+            return _LocalSubmission(self, self._executor.submit(run_batch, task))
+
+    def rebuild(self) -> None:
+        """Replace a broken executor (a worker died) by a fresh one."""
+        broken = self._executor
+        if getattr(broken, "_broken", False):
+            self._executor = self._new_executor()
+            broken.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self) -> None:
+        """Stop the workers, dropping queued batches."""
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
