@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +22,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._server import BenchServer  # noqa: E402
 from storage.jobs import Job, JobStore  # noqa: E402
 
 
@@ -43,23 +40,6 @@ async def fill(state: Path, n: int) -> str:
                                spec={}, info={"fields_total": 1}))
     await store.close()
     return f"job{n - 1:06d}"
-
-
-def serve(archive: Path, state: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "siasync", "serve", "--port", str(port), "--archive",
-                                str(archive), "--state-dir", str(state)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/async?LAST=1", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
 
 
 def median_ms(client: httpx.Client, url: str, n: int) -> float:
@@ -83,15 +63,14 @@ def main() -> int:
         state = args.scratch / f"state-{jobs}"
         shutil.rmtree(state, ignore_errors=True)
         newest = asyncio.run(fill(state, jobs))
-        process, url = serve(args.archive, state)
+        server = BenchServer(args.archive, state)
         try:
-            with httpx.Client(base_url=url) as client:
+            with httpx.Client(base_url=server.url) as client:
                 rows[jobs] = (median_ms(client, "/async?LAST=100", args.n),
                               median_ms(client, f"/async/{newest}", args.n),
                               median_ms(client, f"/async/{newest}/phase", args.n))
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(30)
+            server.stop()
     print(f"## Job service on a real server (median of {args.n} sequential requests)\n")
     print("| jobs in store | GET /async?LAST=100 ms | GET /async/{job} ms | GET /async/{job}/phase ms |")
     print("|---:|---:|---:|---:|")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from siasync.documents import JobDocuments
 from siasync.errors import NotFound, PermissionDenied, UsageError
 from siasync.params import (Limits, RawParams, StagingRequest, clamp_destruction, clamp_duration,
                             parse_choice, parse_int, parse_job, parse_time)
@@ -77,6 +78,8 @@ class JobService:
         self.watch = PhaseWatch()
         #: woken when a job registers new results (Server-Sent Events)
         self.results_watch = PhaseWatch()
+        #: rendered job documents shared by pollers
+        self.documents = JobDocuments(store)
         self.executor: Executor | None = None
 
     # -- reading ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree as ET
+from xml.sax.saxutils import quoteattr
 
 from storage.jobs import Job, Result
 from storage.table import MIME as TABLE_MIME
@@ -70,12 +71,13 @@ def listed_results(job: Job, results: list[Result]) -> list[Result]:
     return [Result(0, TABLE_ID, "", -1, TABLE_MIME), *results]
 
 
-def _fill_results(container: ET.Element, job_id: str, results: list[Result], base: str) -> ET.Element:
-    for r in results:
-        sized = {"size": str(r.size)} if r.size >= 0 else {}
-        _el(container, "result", id=r.result_id, **sized, **{"mime-type": r.mime_type},
-            **{f"{{{XLINK}}}type": "simple", f"{{{XLINK}}}href": result_url(base, job_id, r.result_id)})
-    return container
+def _results_fragment(job_id: str, results: list[Result], base: str) -> str:
+    """The ``uws:result`` elements, built as text: a job can list tens of thousands."""
+    prefix = result_url(base, job_id, "")
+    return "".join(
+        f'<uws:result id={quoteattr(r.result_id)}{f" size={chr(34)}{r.size}{chr(34)}" if r.size >= 0 else ""}'
+        f' mime-type={quoteattr(r.mime_type)} xlink:type="simple" xlink:href={quoteattr(prefix + r.result_id)} />'
+        for r in results)
 
 
 def _fill_parameters(container: ET.Element, job: Job) -> ET.Element:
@@ -86,7 +88,8 @@ def _fill_parameters(container: ET.Element, job: Job) -> ET.Element:
 
 def job_xml(job: Job, results: list[Result], base: str) -> bytes:
     """The UWS job document."""
-    root = ET.Element(f"{{{UWS}}}job", {"version": "1.1"})
+    # xlink is used only by the results spliced in as text, so ElementTree would not declare it
+    root = ET.Element(f"{{{UWS}}}job", {"version": "1.1", "xmlns:xlink": XLINK})
     _el(root, "jobId", job.id)
     if job.run_id is not None:
         _el(root, "runId", job.run_id)
@@ -99,19 +102,21 @@ def job_xml(job: Job, results: list[Result], base: str) -> bytes:
     _el(root, "executionDuration", str(job.execution_duration))
     _el(root, "destruction", iso(job.destruction))
     _fill_parameters(_el(root, "parameters"), job)
-    _fill_results(_el(root, "results"), job.id, results, base)
+    _el(root, "results")  # filled in as text below
     if job.error_message:
         summary = _el(root, "errorSummary", type=job.error_type or "fatal", hasDetail="true")
         _el(summary, "message", job.error_message)
     info = _el(root, "jobInfo")
     for key, value in job_info(job).items():
         ET.SubElement(info, f"{{{SIASYNC}}}{key}").text = str(value)
-    return _document(root)
+    listed = f"<uws:results>{_results_fragment(job.id, results, base)}</uws:results>".encode()
+    return _document(root).replace(b"<uws:results />", listed, 1)
 
 
 def results_xml(job_id: str, results: list[Result], base: str) -> bytes:
     """The UWS results list."""
-    return _document(_fill_results(ET.Element(f"{{{UWS}}}results"), job_id, results, base))
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:results xmlns:uws="{UWS}" xmlns:xlink="{XLINK}">'
+            f"{_results_fragment(job_id, results, base)}</uws:results>").encode()
 
 
 def parameters_xml(job: Job) -> bytes:

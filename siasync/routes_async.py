@@ -5,17 +5,16 @@ from __future__ import annotations
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
-from litestar.response import ServerSentEvent
+from litestar.response import ServerSentEvent, Template
 
 from siasync.download import file_response
 from siasync.errors import UsageError
 from siasync.events import job_events, last_event_id
 from siasync.jobs import PHASES, JobService
-from siasync.representations import (iso, job_json, job_xml, jobs_json, jobs_xml, listed_results, parameters_xml,
-                                     results_xml)
+from siasync.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml, results_xml
 from siasync.table import table_response
 from siasync.settings import Settings
-from siasync.web import base_url, one, raw_params, represent, see_other, text
+from siasync.web import JSON, XML, base_url, one, preferred, raw_params, represent, see_other, text
 
 JOB = "/{job_id:str}"
 Service = NamedDependency[JobService]
@@ -27,10 +26,15 @@ async def _job_page(request: Request, service: JobService, settings: Settings, o
                     wait: str | None = None, phase: str | None = None) -> Response:
     job = (await service.wait(job_id, owner, wait, phase) if wait is not None
            else await service.get(job_id, owner))
-    results = listed_results(job, await service.store.results(job_id))
     base = base_url(request, settings.public_url)
-    return represent(request, job_xml(job, results, base), job_json(job, results, base), "job.html",
-                     {"job": job, "results": results, "base": base, "phases": PHASES})
+    kind = preferred(request)
+    if kind == JSON:
+        return Response(await service.documents.json(job, base), media_type=JSON)
+    if kind == XML:
+        return Response(await service.documents.xml(job, base), media_type=XML)
+    results = listed_results(job, await service.store.results(job_id))
+    return Template(template_name="job.html", media_type="text/html",
+                    context={"job": job, "results": results, "base": base, "phases": PHASES})
 
 
 class AsyncJobs(Controller):
@@ -172,5 +176,6 @@ class AsyncJobs(Controller):
     async def get_events(self, request: Request, service: Service, settings: Config, owner: Owner,
                          job_id: FromPath[str]) -> ServerSentEvent:
         await service.get(job_id, owner)
-        after = last_event_id(request.headers.get("last-event-id"))
+        # a reconnecting client sends Last-Event-ID; a page opening the stream says where to start with AFTER
+        after = last_event_id(request.headers.get("last-event-id") or one(await raw_params(request), "AFTER"))
         return ServerSentEvent(job_events(service, job_id, after, base_url(request, settings.public_url)))

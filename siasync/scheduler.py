@@ -6,11 +6,12 @@ are CPU work), and at most a few batches per worker are in flight, so a
 batch is registered in one transaction, its results and table rows together, only
 after the worker has renamed its files into place.
 
-**Batch size.** A batch is up to `BATCH_PAIRS` pairs. A process-pool round trip
-costs about 0.3 ms here, and a 0.05-degree cutout with its FITS bytes 1-3 ms, so
-single pairs would spend a fifth of the time in overhead. Batches of 4 keep it
-near 5% while still spreading a 10-field job over every worker, and keep the time
-an abort waits for a running batch far below a second (see BENCHMARKS.md).
+**Batch size.** A batch is up to `BATCH_PAIRS` pairs. Measured with
+bench/staging_bench.py on 2 workers: the bare pool is within 5% from 1 to 16 pairs
+per task, but end to end every batch also costs a registration transaction on the
+event loop, and 2,000 fields staged at 199 products/s with 4 pairs, 256 with 8 and
+229 with 16. Eight still spreads a 10-field job (dozens of pairs) over every worker,
+and an abort waits for at most one running batch of 8 cutouts, well under a second.
 
 **Stopping.** `cancel` withdraws the job's batches that have not started; those
 already running finish, and their files are deleted instead of registered.
@@ -39,7 +40,7 @@ from storage.jobs import Job, Product, TableRow
 
 log = logging.getLogger(__name__)
 
-BATCH_PAIRS = 4
+BATCH_PAIRS = 8
 #: fields looked up per planning step (one thread hop)
 PLAN_FIELDS = 64
 #: seconds between progress writes to the store
@@ -187,41 +188,47 @@ class Scheduler:
         outstanding: dict[int, int] = {}  # field index -> batches of it still in flight
         planned_to = -1  # every field up to here has been planned
         in_flight: dict[asyncio.Future, tuple[object, BatchTask, int]] = {}
-        limit = 2 * self.pool.workers
+        limit = 4 * self.pool.workers
         batches = self._batches(job, request, progress)
         exhausted = False
         fatal: str | None = None
+
+        async def refill() -> None:
+            """Keep up to `limit` batches in flight while the job runs."""
+            nonlocal exhausted, planned_to
+            while not exhausted and len(in_flight) < limit and job.id not in self._cancelled and not fatal:
+                batch = await anext(batches, None)
+                if batch is None:
+                    exhausted = True
+                    return
+                self._launch(in_flight, batch, 0)
+                for pair in batch.pairs:
+                    outstanding[pair.field_index] = outstanding.get(pair.field_index, 0) + 1
+                planned_to = batch.pairs[-1].field_index - 1
+
         try:
             while True:
-                while not exhausted and len(in_flight) < limit and job.id not in self._cancelled and not fatal:
-                    batch = await anext(batches, None)
-                    if batch is None:
-                        exhausted = True
-                        break
-                    self._launch(in_flight, batch, 0)
-                    for pair in batch.pairs:
-                        outstanding[pair.field_index] = outstanding.get(pair.field_index, 0) + 1
-                    planned_to = batch.pairs[-1].field_index - 1
+                await refill()
                 if job.id in self._cancelled or fatal:
                     self._withdraw(in_flight, outstanding)
                 if not in_flight:
                     break
                 finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                completed: list[tuple[BatchTask, list[PairOutcome]]] = []
                 for future in finished:
-                    submission, batch, attempt = in_flight.pop(future)
+                    _, batch, attempt = in_flight.pop(future)
                     try:
-                        outcomes = future.result()
+                        completed.append((batch, future.result()))
                     except LostTask:
                         if attempt < RETRIES and job.id not in self._cancelled:
                             self._launch(in_flight, batch, attempt + 1)
                             continue
                         fatal = fatal or "a worker died repeatedly on this job's data"
-                        outcomes = []
-                    for pair in batch.pairs:
-                        outstanding[pair.field_index] -= 1
-                        if not outstanding[pair.field_index]:
-                            del outstanding[pair.field_index]
-                    fatal = await self._register(job.id, batch, outcomes, progress) or fatal
+                        completed.append((batch, []))
+                await refill()  # before registering, so that workers never wait on the store
+                for batch, _ in completed:
+                    _release(outstanding, batch)
+                fatal = await self._register(job.id, completed, progress) or fatal
                 if exhausted:
                     planned_to = len(request.positions) - 1
                 progress.fields_done = (min(outstanding) if outstanding else planned_to + 1)
@@ -248,14 +255,15 @@ class Scheduler:
             if submission.cancel():
                 future.cancel()
                 del in_flight[future]
-                for pair in batch.pairs:
-                    outstanding[pair.field_index] -= 1
-                    if not outstanding[pair.field_index]:
-                        del outstanding[pair.field_index]
+                _release(outstanding, batch)
 
-    async def _register(self, job_id: str, batch: BatchTask, outcomes: list[PairOutcome],
+    async def _register(self, job_id: str, completed: list[tuple[BatchTask, list[PairOutcome]]],
                         progress: Progress) -> str | None:
-        """Register a finished batch (or delete its files if the job stopped); return a fatal message."""
+        """Register finished batches in one transaction (or delete their files if the job stopped).
+
+        Returns the first fatal message among them, if any.
+        """
+        outcomes = [o for _, batch_outcomes in completed for o in batch_outcomes]
         written = [name for o in outcomes for name, _, _ in o.products]
         if job_id in self._cancelled:
             await asyncio.to_thread(_delete_files, self.service.files, job_id, written)
@@ -279,6 +287,14 @@ class Scheduler:
         if force or now - progress._written >= PROGRESS_EVERY:
             progress._written = now
             await self.service.store.update(job_id, info=progress.as_info())
+
+
+def _release(outstanding: dict[int, int], batch: BatchTask) -> None:
+    """Count a batch's pairs out of the fields still in flight."""
+    for pair in batch.pairs:
+        outstanding[pair.field_index] -= 1
+        if not outstanding[pair.field_index]:
+            del outstanding[pair.field_index]
 
 
 async def _awaited(submission: object) -> list[PairOutcome]:

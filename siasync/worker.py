@@ -78,6 +78,7 @@ def init_worker(server_pid: int) -> None:
     """
     global _cache
     _cache = ParentCache()
+    os.nice(10)  # cutting yields to the API server, so polls stay fast while every core works
 
     def watchdog() -> None:
         while True:

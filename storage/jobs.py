@@ -9,6 +9,7 @@ an impossible history.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -162,16 +163,37 @@ def _job(row: Any) -> Job:
     return Job(**{name: getattr(row, name) for name in _JOB_FIELDS})
 
 
+def _columns(item: Product | TableRow) -> dict[str, Any]:
+    if isinstance(item, Product):
+        return {"result_id": item.result_id, "path": item.result_id, "size": item.size, "mime_type": item.mime_type,
+                "meta": item.meta}
+    return {"field": item.field, "image_id": item.image_id, "result_id": item.result_id, "row": item.row}
+
+
 class StoreError(RuntimeError):
     """The store cannot be used (for example, a newer schema)."""
 
 
 class JobStore:
-    """Async access to jobs and results."""
+    """Async access to jobs and results.
+
+    Job rows and each job's newest result number are cached in memory, write-through:
+    every change goes through this object, which drops or updates its entry, so reads
+    that pollers repeat many times a second cost no query. This assumes one server
+    process writes the store (several API servers on one store are not supported).
+    """
+
+    CACHED_JOBS = 256
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._session = async_sessionmaker(engine, expire_on_commit=False)
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._last_seq: dict[str, int] = {}
+
+    def _forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        self._last_seq.pop(job_id, None)
 
     @classmethod
     async def open(cls, url: str) -> JobStore:
@@ -216,9 +238,19 @@ class JobStore:
 
     async def get(self, job_id: str) -> Job | None:
         """The job, or None."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self._jobs.move_to_end(job_id)
+            return job
         async with self._session() as s:
             row = (await s.execute(select(JobRow).where(JobRow.id == job_id))).scalar_one_or_none()
-        return None if row is None else _job(row)
+        if row is None:
+            return None
+        job = _job(row)
+        self._jobs[job_id] = job
+        while len(self._jobs) > self.CACHED_JOBS:
+            self._jobs.popitem(last=False)
+        return job
 
     async def list(self, owner: str | None, phases: Iterable[str] | None = None, after: datetime | None = None,
                    last: int | None = None) -> list[Job]:
@@ -240,7 +272,8 @@ class JobStore:
         async with self._session.begin() as s:
             result = await s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.phase.in_(list(from_phases)))
                                      .values(phase=to_phase, **changes))
-            return result.rowcount == 1
+        self._jobs.pop(job_id, None)
+        return result.rowcount == 1
 
     async def update(self, job_id: str, *, in_phases: Sequence[str] | None = None, **changes: Any) -> bool:
         """Change fields of a job (only while in ``in_phases``, when given)."""
@@ -248,14 +281,18 @@ class JobStore:
         if in_phases is not None:
             query = query.where(JobRow.phase.in_(list(in_phases)))
         async with self._session.begin() as s:
-            return (await s.execute(query.values(**changes))).rowcount == 1
+            changed = (await s.execute(query.values(**changes))).rowcount == 1
+        self._jobs.pop(job_id, None)
+        return changed
 
     async def delete(self, job_id: str) -> bool:
         """Forget a job and its results."""
         async with self._session.begin() as s:
             await s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
             await s.execute(delete(TableRowRow).where(TableRowRow.job_id == job_id))
-            return (await s.execute(delete(JobRow).where(JobRow.id == job_id))).rowcount == 1
+            deleted = (await s.execute(delete(JobRow).where(JobRow.id == job_id))).rowcount == 1
+        self._forget(job_id)
+        return deleted
 
     async def ids_where(self, *, phases: Iterable[str] | None = None,
                         destroy_before: datetime | None = None) -> list[str]:
@@ -273,28 +310,26 @@ class JobStore:
     async def register(self, job_id: str, products: Sequence[Product], rows: Sequence[TableRow]) -> None:
         """Append results and table rows in one transaction: both lists grow together or not at all.
 
-        Sequence numbers are computed inside each INSERT, so concurrent writers cannot
-        take the same one on SQLite; on a backend where they still can, the loser retries.
+        Sequence numbers continue from the job's largest; the (job, seq) primary key
+        makes a concurrent writer that took the same numbers fail and retry. Rows are
+        inserted with one executemany per table, so a batch costs two statements.
 
         Raises
         ------
         IntegrityError
             When the job already has a result with one of these ids.
         """
-        def next_seq(table: Any) -> Any:
-            return select(func.coalesce(func.max(table.seq), 0) + 1).where(table.job_id == job_id).scalar_subquery()
-
         for attempt in range(20):
             try:
                 async with self._session.begin() as s:
-                    for p in products:
-                        await s.execute(insert(ResultRow).values(
-                            job_id=job_id, seq=next_seq(ResultRow), result_id=p.result_id, path=p.result_id,
-                            size=p.size, mime_type=p.mime_type, meta=p.meta))
-                    for r in rows:
-                        await s.execute(insert(TableRowRow).values(
-                            job_id=job_id, seq=next_seq(TableRowRow), field=r.field, image_id=r.image_id,
-                            result_id=r.result_id, row=r.row))
+                    for table, items in ((ResultRow.__table__, products), (TableRowRow.__table__, rows)):
+                        if not items:
+                            continue
+                        last = (await s.execute(select(func.coalesce(func.max(table.c.seq), 0))
+                                                .where(table.c.job_id == job_id))).scalar_one()
+                        await s.execute(insert(table), [
+                            {"job_id": job_id, "seq": last + i, **_columns(item)} for i, item in enumerate(items, 1)])
+                self._last_seq.pop(job_id, None)
                 return
             except IntegrityError:
                 existing = [await self.result(job_id, p.result_id) for p in products]
@@ -334,11 +369,20 @@ class JobStore:
                     for r in (await s.execute(query)).scalars()]
 
     async def results(self, job_id: str) -> list[Result]:
-        """The job's results in registration order."""
-        query = select(ResultRow).where(ResultRow.job_id == job_id).order_by(ResultRow.seq)
+        """The job's results in registration order (plain rows: a job may have tens of thousands)."""
+        t = ResultRow.__table__.c
+        query = (select(t.seq, t.result_id, t.path, t.size, t.mime_type, t.meta)
+                 .where(t.job_id == job_id).order_by(t.seq))
         async with self._session() as s:
-            return [Result(r.seq, r.result_id, r.path, r.size, r.mime_type, r.meta)
-                    for r in (await s.execute(query)).scalars()]
+            return [Result(*row) for row in (await s.execute(query)).all()]
+
+    async def last_result_seq(self, job_id: str) -> int:
+        """The sequence number of the job's newest result (0 for none)."""
+        if job_id not in self._last_seq:
+            query = select(func.coalesce(func.max(ResultRow.seq), 0)).where(ResultRow.job_id == job_id)
+            async with self._session() as s:
+                self._last_seq[job_id] = (await s.execute(query)).scalar_one()
+        return self._last_seq[job_id]
 
     async def result(self, job_id: str, result_id: str) -> Result | None:
         """One result by id, or None."""
