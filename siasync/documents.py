@@ -1,10 +1,10 @@
 """Job documents rendered once and shared by every client polling the same job.
 
 A job with tens of thousands of results renders to megabytes; a hundred pollers
-must not each render it. A document is re-rendered when the job changes (its row,
-or a newer result). While only results are arriving it is re-rendered at most
-every `MAX_AGE` seconds (pollers may see a list up to that old, never a result
-that does not exist); a phase change is always shown at once. A per-job lock makes
+must not each render it. A document is re-rendered when the job changes. While
+only its progress and results move, it is re-rendered at most every `MAX_AGE`
+seconds (pollers may see a list up to that old, never a result that does not
+exist); any other change, such as the phase, is shown at once. A per-job lock makes
 concurrent misses render once.
 """
 
@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from siasync.representations import job_json, job_xml, listed_results
@@ -49,9 +49,14 @@ class JobDocuments:
         return await self._get(job, base, "json", job_json)
 
     def _fresh(self, entry: _Entry | None, job: Job, last_seq: int) -> bool:
-        if entry is None or entry.job.phase != job.phase:
+        """Whether a rendered document may be served for the job as it is now.
+
+        Only progress (jobInfo) and new results may be shown up to `MAX_AGE` late;
+        any other change to the job (phase, times, parameters, errors) is shown at once.
+        """
+        if entry is None or replace(entry.job, info={}) != replace(job, info={}):
             return False
-        return (entry.job == job and entry.last_seq == last_seq) or time.monotonic() - entry.at < MAX_AGE
+        return (entry.job.info == job.info and entry.last_seq == last_seq) or time.monotonic() - entry.at < MAX_AGE
 
     async def _get(self, job: Job, base: str, kind: str, render: Callable[..., Any]) -> Any:
         key = (job.id, base, kind)

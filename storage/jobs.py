@@ -190,10 +190,13 @@ class JobStore:
         self._session = async_sessionmaker(engine, expire_on_commit=False)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._last_seq: dict[str, int] = {}
+        #: writes so far; a value read from the database is cached only if no write came meanwhile
+        self._writes = 0
 
-    def _forget(self, job_id: str) -> None:
+    def _changed(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
         self._last_seq.pop(job_id, None)
+        self._writes += 1
 
     @classmethod
     async def open(cls, url: str) -> JobStore:
@@ -242,14 +245,16 @@ class JobStore:
         if job is not None:
             self._jobs.move_to_end(job_id)
             return job
+        writes = self._writes
         async with self._session() as s:
             row = (await s.execute(select(JobRow).where(JobRow.id == job_id))).scalar_one_or_none()
         if row is None:
             return None
         job = _job(row)
-        self._jobs[job_id] = job
-        while len(self._jobs) > self.CACHED_JOBS:
-            self._jobs.popitem(last=False)
+        if self._writes == writes:
+            self._jobs[job_id] = job
+            while len(self._jobs) > self.CACHED_JOBS:
+                self._jobs.popitem(last=False)
         return job
 
     async def list(self, owner: str | None, phases: Iterable[str] | None = None, after: datetime | None = None,
@@ -272,7 +277,7 @@ class JobStore:
         async with self._session.begin() as s:
             result = await s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.phase.in_(list(from_phases)))
                                      .values(phase=to_phase, **changes))
-        self._jobs.pop(job_id, None)
+        self._changed(job_id)
         return result.rowcount == 1
 
     async def update(self, job_id: str, *, in_phases: Sequence[str] | None = None, **changes: Any) -> bool:
@@ -282,7 +287,7 @@ class JobStore:
             query = query.where(JobRow.phase.in_(list(in_phases)))
         async with self._session.begin() as s:
             changed = (await s.execute(query.values(**changes))).rowcount == 1
-        self._jobs.pop(job_id, None)
+        self._changed(job_id)
         return changed
 
     async def delete(self, job_id: str) -> bool:
@@ -291,7 +296,7 @@ class JobStore:
             await s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
             await s.execute(delete(TableRowRow).where(TableRowRow.job_id == job_id))
             deleted = (await s.execute(delete(JobRow).where(JobRow.id == job_id))).rowcount == 1
-        self._forget(job_id)
+        self._changed(job_id)
         return deleted
 
     async def ids_where(self, *, phases: Iterable[str] | None = None,
@@ -329,7 +334,7 @@ class JobStore:
                                                 .where(table.c.job_id == job_id))).scalar_one()
                         await s.execute(insert(table), [
                             {"job_id": job_id, "seq": last + i, **_columns(item)} for i, item in enumerate(items, 1)])
-                self._last_seq.pop(job_id, None)
+                self._changed(job_id)
                 return
             except IntegrityError:
                 existing = [await self.result(job_id, p.result_id) for p in products]
@@ -378,11 +383,15 @@ class JobStore:
 
     async def last_result_seq(self, job_id: str) -> int:
         """The sequence number of the job's newest result (0 for none)."""
-        if job_id not in self._last_seq:
+        last = self._last_seq.get(job_id)
+        if last is None:
+            writes = self._writes
             query = select(func.coalesce(func.max(ResultRow.seq), 0)).where(ResultRow.job_id == job_id)
             async with self._session() as s:
-                self._last_seq[job_id] = (await s.execute(query)).scalar_one()
-        return self._last_seq[job_id]
+                last = (await s.execute(query)).scalar_one()
+            if self._writes == writes:
+                self._last_seq[job_id] = last
+        return last
 
     async def result(self, job_id: str, result_id: str) -> Result | None:
         """One result by id, or None."""
