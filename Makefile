@@ -34,6 +34,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed-bench demo
 	$(BIN)/python bench/cutout_bench.py
 	$(BIN)/python bench/service_bench.py --archive $(DEMO)
+	$(BIN)/python bench/staging_bench.py --archive $(DEMO)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache bench/.scratch

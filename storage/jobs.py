@@ -341,15 +341,6 @@ class JobStore:
                 if attempt == 19 or any(e is not None for e in existing):
                     raise
 
-    async def add_result(self, job_id: str, result_id: str, size: int, mime_type: str,
-                         meta: dict | None = None) -> Result:
-        """Register one result without a table row (see `register`)."""
-        await self.register(job_id, [Product(result_id, size, mime_type, meta or {})], [])
-        result = await self.result(job_id, result_id)
-        if result is None:  # the job was deleted between the insert and this read
-            raise StoreError(f"job {job_id} vanished while registering {result_id}")
-        return result
-
     async def done_pairs(self, job_id: str, first_field: int, last_field: int) -> set[tuple[int, str]]:
         """The (field, image) pairs of some fields that already have their table rows."""
         query = (select(TableRowRow.field, TableRowRow.image_id).distinct()

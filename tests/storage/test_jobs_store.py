@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from storage.jobs import SCHEMA_VERSION, Job, JobStore, StoreError
+from storage.jobs import SCHEMA_VERSION, Job, JobStore, Product, StoreError, TableRow
 
 
 def make_job(job_id: str, owner: str = "alice", phase: str = "PENDING", created: datetime | None = None) -> Job:
@@ -67,13 +67,17 @@ def test_results_are_ordered_and_unique_per_job(tmp_path: Path) -> None:
         store = await JobStore.open(url(tmp_path))
         await store.create(make_job("a"))
         await store.create(make_job("b"))
-        await asyncio.gather(*(store.add_result("a", f"r{i}", i, "image/fits") for i in range(20)))
-        await store.add_result("b", "r0", 1, "image/png")
+        await asyncio.gather(*(store.register("a", [Product(f"r{i}", i, "image/fits")],
+                                              [TableRow(i, f"img{i}", f"r{i}", f"<TR>{i}</TR>")]) for i in range(20)))
+        await store.register("b", [Product("r0", 1, "image/png")], [])
         results = await store.results("a")
         assert [r.seq for r in results] == list(range(1, 21))
         assert len({r.result_id for r in results}) == 20
+        assert [seq for seq, _ in await store.table_rows("a")] == list(range(1, 21))
+        assert await store.done_pairs("a", 3, 4) == {(3, "img3"), (4, "img4")}
+        assert await store.last_result_seq("a") == 20
         with pytest.raises(IntegrityError):
-            await store.add_result("a", "r3", 1, "image/fits")
+            await store.register("a", [Product("r3", 1, "image/fits")], [])
         assert (await store.result("b", "r0")).mime_type == "image/png"
         assert await store.delete("a")
         assert await store.results("a") == [] and len(await store.results("b")) == 1
@@ -105,3 +109,26 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="schema version"):
         run(JobStore.open(url(tmp_path)))
+
+
+def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
+    async def create_v1() -> None:
+        store = await JobStore.open(url(tmp_path))
+        await store.create(make_job("old"))
+        await store.close()
+
+    run(create_v1())
+    with sqlite3.connect(tmp_path / "jobs.db") as db:  # as issue 3 left it: no table_rows yet
+        db.execute("DROP TABLE table_rows")
+        db.execute("UPDATE schema_version SET version = 1")
+
+    async def reopen() -> tuple[Job | None, list]:
+        store = await JobStore.open(url(tmp_path))
+        job, rows = await store.get("old"), await store.table_rows("old")
+        await store.close()
+        return job, rows
+
+    job, rows = run(reopen())
+    assert job is not None and job.id == "old" and rows == []
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
