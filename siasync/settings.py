@@ -35,7 +35,7 @@ class Settings:
     auth: str = "anonymous"
     #: lines of ``TOKEN OWNER``; ``#`` starts a comment
     tokens_file: Path | None = None
-    #: worker threads/processes
+    #: worker processes that cut (the local process pool)
     workers: int = max(os.cpu_count() or 1, 1)
     max_fields: int = 10_000
     max_size_deg: float = 2.0
