@@ -117,11 +117,10 @@ def test_range_requests_and_conditional_gets(staging: Server) -> None:
     assert httpx.get(result.href, headers={"If-None-Match": whole.headers["etag"]}).status_code == 304
 
 
-def test_events_deliver_every_result_and_resume_with_last_event_id(staging: Server) -> None:
-    job = start(staging, grid(40), FORMAT="ALL")
-    seen: list[tuple[int, str]] = []
-    phases: list[str] = []
-    with httpx.stream("GET", job + "/events", timeout=60) as stream:
+def read_events(job: str, headers: dict, phases: list[str], stop_after: int | None = None) -> list[tuple[int, str]]:
+    """(id, result id) of the result events of a job's stream, collecting phases on the way."""
+    results: list[tuple[int, str]] = []
+    with httpx.stream("GET", job + "/events", headers=headers, timeout=120) as stream:
         event, last_id = None, None
         for line in stream.iter_lines():
             if line.startswith("event:"):
@@ -129,23 +128,19 @@ def test_events_deliver_every_result_and_resume_with_last_event_id(staging: Serv
             elif line.startswith("id:"):
                 last_id = int(line.split(":", 1)[1])
             elif line.startswith("data:") and event == "result":
-                seen.append((last_id, json.loads(line[5:])["id"]))
-                if len(seen) == 5:
+                results.append((last_id, json.loads(line[5:])["id"]))
+                if len(results) == stop_after:
                     break  # drop the connection mid-job
             elif line.startswith("data:") and event == "phase":
                 phases.append(json.loads(line[5:])["phase"])
-    resumed: list[tuple[int, str]] = []
-    with httpx.stream("GET", job + "/events", headers={"Last-Event-ID": str(seen[-1][0])}, timeout=120) as stream:
-        event = None
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("id:"):
-                last_id = int(line.split(":", 1)[1])
-            elif line.startswith("data:") and event == "result":
-                resumed.append((last_id, json.loads(line[5:])["id"]))
-            elif line.startswith("data:") and event == "phase":
-                phases.append(json.loads(line[5:])["phase"])
+    return results
+
+
+def test_events_deliver_every_result_and_resume_with_last_event_id(staging: Server) -> None:
+    job = start(staging, grid(40), FORMAT="ALL")
+    phases: list[str] = []
+    seen = read_events(job, {}, phases, stop_after=5)
+    resumed = read_events(job, {"Last-Event-ID": str(seen[-1][0])}, phases)
     final = wait_final(job)
     ids = [r.id_ for r in final.results if r.id_ != "table"]
     assert [i for _, i in seen + resumed] == ids  # every result exactly once, in order

@@ -91,8 +91,10 @@ def test_abort_form_and_job_list_filters(client) -> None:
 def test_running_job_page_streams_updates_and_finished_page_does_not(client) -> None:
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     queued = create_job(client, {"POS": "150.1,2.2", "SIZE": "0.01", "START": later, "PHASE": "RUN"})
-    script = page(client, f"/async/{queued}").xpath("//script/text()")
-    assert script and f'new EventSource("/async/{queued}/events?AFTER=0")' in script[0]
+    doc = page(client, f"/async/{queued}")
+    assert doc.findtext(".//title") == f"Job {queued} · siasync"
+    script = doc.xpath("//script/text()")
+    assert len(script) == 1 and f'new EventSource("/async/{queued}/events?AFTER=0")' in script[0]
     done = create_job(client, {"POS": "150.1,2.2", "SIZE": "0.01", "PHASE": "RUN"})
     wait_for(client, done, ("COMPLETED",))
     assert not page(client, f"/async/{done}").xpath("//script")
