@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pyvo.io.uws import parse_job
 
 
 def free_port() -> int:
@@ -58,6 +60,23 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+
+
+def submit(server: Server, **data: object) -> str:
+    """POST /async with these parameters; return the new job's URL."""
+    response = httpx.post(server.url + "/async", data=data, follow_redirects=False, timeout=30)
+    assert response.status_code == 303, response.text
+    return server.url + response.headers["location"]
+
+
+def wait_final(url: str, timeout: float = 60):
+    """Block with UWS WAIT until the job is in a final phase; return the job as pyvo parses it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = parse_job(io.BytesIO(httpx.get(url, params={"WAIT": "30"}, timeout=40).content))
+        if job.phase in ("COMPLETED", "ERROR", "ABORTED"):
+            return job
+    raise AssertionError(f"{url} did not finish")
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import httpx
 from pyvo.io.uws import parse_job
 
 from cutout.index import ArchiveIndex
-from tests.e2e.conftest import Server
-from tests.e2e.test_server import wait_final
+from tests.e2e.conftest import Server, submit, wait_final
 
 
 def test_a_corrupt_parent_is_skipped_with_a_warning(tmp_path: Path, demo_archive: Path) -> None:
@@ -24,9 +23,7 @@ def test_a_corrupt_parent_is_skipped_with_a_warning(tmp_path: Path, demo_archive
     path.write_bytes(path.read_bytes()[:5760])  # the header survives, the pixels are gone
     server = Server(archive, tmp_path / "state", tmp_path / "log").start()
     try:
-        response = httpx.post(server.url + "/async", data={"POS": ["150.1,2.2", "150.0,2.1"], "SIZE": "0.1",
-                                                           "PHASE": "RUN"}, follow_redirects=False)
-        job = server.url + response.headers["location"]
+        job = submit(server, POS=["150.1,2.2", "150.0,2.1"], SIZE="0.1", PHASE="RUN")
         final = wait_final(job)
         assert final.phase == "COMPLETED"
         ids = [r.id_ for r in final.results if r.id_ != "table"]

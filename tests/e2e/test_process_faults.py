@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server
-from tests.e2e.test_server import wait_final
+from tests.e2e.conftest import Server, submit, wait_final
 
 
 def session_members(sid: int) -> list[int]:
@@ -34,7 +33,7 @@ def test_workers_exit_when_the_server_is_killed(tmp_path: Path, demo_archive: Pa
     sid = server.process.pid  # the server leads its own session
     try:
         positions = [f"{150.1 + 0.004 * (i % 25)},{2.2 + 0.004 * (i // 25)}" for i in range(150)]
-        httpx.post(server.url + "/async", data={"POS": positions, "SIZE": "0.03", "PHASE": "RUN"})
+        submit(server, POS=positions, SIZE="0.03", PHASE="RUN")
         time.sleep(1.0)
         assert len(session_members(sid)) >= 3  # the server, the forkserver and workers
         os.kill(server.process.pid, signal.SIGKILL)  # the server alone, not its group
@@ -66,9 +65,7 @@ def test_a_full_disk_moves_the_job_to_error_and_the_server_goes_on(tmp_path: Pat
     database = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"  # the store stays on a roomy disk
     server = Server(demo_archive, small_disk, tmp_path / "log", "--database-url", database).start()
     try:
-        big = httpx.post(server.url + "/async", data={"POS": ["150.1,2.2", "150.3,2.4"], "SIZE": "0.25",
-                                                      "PHASE": "RUN"}, follow_redirects=False)
-        job = server.url + big.headers["location"]
+        job = submit(server, POS=["150.1,2.2", "150.3,2.4"], SIZE="0.25", PHASE="RUN")
         final = wait_final(job)
         assert final.phase == "ERROR"
         assert "disk is full" in final.errorsummary.message.content
@@ -77,8 +74,6 @@ def test_a_full_disk_moves_the_job_to_error_and_the_server_goes_on(tmp_path: Pat
             assert httpx.get(result.href).status_code == 200
         assert httpx.get(server.url + "/async").status_code == 200  # still serving
         httpx.delete(job)  # space returns
-        small = httpx.post(server.url + "/async", data={"POS": "150.1,2.2", "SIZE": "0.01", "PHASE": "RUN"},
-                           follow_redirects=False)
-        assert wait_final(server.url + small.headers["location"]).phase == "COMPLETED"
+        assert wait_final(submit(server, POS="150.1,2.2", SIZE="0.01", PHASE="RUN")).phase == "COMPLETED"
     finally:
         server.stop()

@@ -13,24 +13,12 @@ from astropy.time import Time
 from pyvo.dal import AsyncTAPJob
 from pyvo.io.uws import parse_job
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, submit, wait_final
 
 
-def create(server: Server, **params) -> str:
-    data = {"POS": "150.1,2.2", "SIZE": "0.02", **params}
-    response = httpx.post(server.url + "/async", data=data, follow_redirects=False)
-    assert response.status_code == 303, response.text
-    return server.url + response.headers["location"]
-
-
-def wait_final(url: str, timeout: float = 60):
-    """Block with UWS WAIT until the job is in a final phase; return the parsed job."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = parse_job(io.BytesIO(httpx.get(url, params={"WAIT": "30"}, timeout=40).content))
-        if job.phase in ("COMPLETED", "ERROR", "ABORTED"):
-            return job
-    raise AssertionError(f"{url} did not finish")
+def create(server: Server, **params: object) -> str:
+    """A job on one demo field, with these parameters changed."""
+    return submit(server, **{"POS": "150.1,2.2", "SIZE": "0.02", **params})
 
 
 def test_pyvo_drives_a_job_against_the_real_server(server: Server) -> None:

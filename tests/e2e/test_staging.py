@@ -20,8 +20,7 @@ from pyvo.io.uws import parse_job
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Field
-from tests.e2e.conftest import Server
-from tests.e2e.test_server import wait_final
+from tests.e2e.conftest import Server, submit, wait_final
 
 SIZE = 0.03
 
@@ -42,11 +41,10 @@ def grid(n: int) -> list[tuple[float, float]]:
     return [(150.1 - 0.45 + 0.9 * (i % side) / side, 2.2 - 0.45 + 0.9 * (i // side) / side) for i in range(n)]
 
 
-def start(server: Server, positions: list[tuple[float, float]], **params) -> str:
-    data = {"POS": [f"{ra},{dec}" for ra, dec in positions], "SIZE": str(SIZE), "PHASE": "RUN", **params}
-    response = httpx.post(server.url + "/async", data=data, follow_redirects=False, timeout=30)
-    assert response.status_code == 303, response.text
-    return server.url + response.headers["location"]
+def start(server: Server, positions: list[tuple[float, float]], **params: object) -> str:
+    """Run a job on these fields at once."""
+    return submit(server, **{"POS": [f"{ra},{dec}" for ra, dec in positions], "SIZE": str(SIZE),
+                             "PHASE": "RUN", **params})
 
 
 def products(url: str) -> list:
