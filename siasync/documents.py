@@ -4,8 +4,12 @@ A job with tens of thousands of results renders to megabytes; a hundred pollers
 must not each render it. A document is re-rendered when the job changes. While
 only its progress and results move, it is re-rendered at most every `MAX_AGE`
 seconds (pollers may see a list up to that old, never a result that does not
-exist); any other change, such as the phase, is shown at once. A per-job lock makes
-concurrent misses render once.
+exist); any other change, such as the phase, is shown at once. A per-document lock
+makes concurrent misses render once.
+
+Results are only ever appended to a job, so each job's rendered result elements are
+kept and extended with the results registered since: a re-render reads and formats
+only the new results, not the whole list again.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from siasync.representations import job_json, job_xml, listed_results
+import msgspec
+
+from siasync.representations import TABLE_RESULT, job_json, job_xml, result_json, result_xml, results_xml
 from storage.jobs import Job, JobStore
 
 MAX_AGE = 0.5
@@ -29,24 +35,65 @@ class _Entry:
     job: Job
     last_seq: int
     at: float
-    body: Any
+    body: bytes
+
+
+@dataclass
+class _Listing:
+    """A job's rendered result elements for one base URL and format, in registration order."""
+
+    parts: list[Any] = field(default_factory=list)
+    seq: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class JobDocuments:
-    """A bounded cache of rendered job documents (XML bytes or JSON data)."""
+    """A bounded cache of rendered job documents: UWS XML, JSON and the results list."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._listings: OrderedDict[tuple[str, str, str], _Listing] = OrderedDict()
 
     async def xml(self, job: Job, base: str) -> bytes:
         """The UWS XML of the job."""
-        return await self._get(job, base, "xml", job_xml)
+        async def render() -> bytes:
+            return job_xml(job, await self._results_xml(job, base))
+        return await self._get(job, base, "xml", render)
 
-    async def json(self, job: Job, base: str) -> dict[str, Any]:
-        """The JSON form of the job."""
-        return await self._get(job, base, "json", job_json)
+    async def json(self, job: Job, base: str) -> bytes:
+        """The JSON form of the job, encoded."""
+        async def render() -> bytes:
+            table = [result_json(job.id, TABLE_RESULT, base)] if job.start_time is not None else []
+            return msgspec.json.encode(job_json(job, table + await self._listed(job.id, base, "json", result_json)))
+        return await self._get(job, base, "json", render)
+
+    async def results(self, job: Job, base: str) -> bytes:
+        """The UWS results list of the job."""
+        async def render() -> bytes:
+            return results_xml(await self._results_xml(job, base))
+        return await self._get(job, base, "results", render)
+
+    async def _results_xml(self, job: Job, base: str) -> str:
+        """The job's ``uws:result`` elements: the growing table first, once started, then the products."""
+        table = result_xml(job.id, TABLE_RESULT, base) if job.start_time is not None else ""
+        return table + "".join(await self._listed(job.id, base, "xml", result_xml))
+
+    async def _listed(self, job_id: str, base: str, kind: str, render: Callable[[str, Any, str], Any]) -> list[Any]:
+        """The rendered products of a job so far, extended with those registered since the last call."""
+        key = (job_id, base, kind)
+        listing = self._listings.get(key)
+        if listing is None:
+            listing = self._listings[key] = _Listing()
+            while len(self._listings) > MAX_ENTRIES:
+                self._listings.popitem(last=False)
+        self._listings.move_to_end(key)
+        async with listing.lock:
+            while new := await self.store.results(job_id, after=listing.seq, limit=10_000):
+                listing.parts.extend(render(job_id, r, base) for r in new)
+                listing.seq = new[-1].seq
+        return listing.parts
 
     def _fresh(self, entry: _Entry | None, job: Job, last_seq: int) -> bool:
         """Whether a rendered document may be served for the job as it is now.
@@ -58,7 +105,7 @@ class JobDocuments:
             return False
         return (entry.job.info == job.info and entry.last_seq == last_seq) or time.monotonic() - entry.at < MAX_AGE
 
-    async def _get(self, job: Job, base: str, kind: str, render: Callable[..., Any]) -> Any:
+    async def _get(self, job: Job, base: str, kind: str, render: Callable[[], Awaitable[bytes]]) -> bytes:
         key = (job.id, base, kind)
         last_seq = await self.store.last_result_seq(job.id)
         entry = self._entries.get(key)
@@ -69,8 +116,7 @@ class JobDocuments:
         async with lock:
             entry = self._entries.get(key)
             if not self._fresh(entry, job, last_seq):
-                results = listed_results(job, await self.store.results(job.id))
-                entry = _Entry(job, last_seq, time.monotonic(), render(job, results, base))
+                entry = _Entry(job, last_seq, time.monotonic(), await render())
                 self._entries[key] = entry
                 self._entries.move_to_end(key)
                 while len(self._entries) > MAX_ENTRIES:

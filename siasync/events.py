@@ -39,7 +39,7 @@ async def job_events(service: JobService, job_id: str, after: int, base: str) ->
         if job.phase != phase:
             phase = job.phase
             yield ServerSentEventMessage(event="phase", data=json.dumps({"phase": phase}))
-        results = await service.store.results_after(job_id, after)
+        results = await service.store.results(job_id, after, limit=1000)
         for r in results:
             after = r.seq
             yield ServerSentEventMessage(event="result", id=r.seq, data=json.dumps({

@@ -123,11 +123,6 @@ class JobService:
                 break
         return job
 
-    async def results(self, job_id: str, owner: str) -> list[Result]:
-        """The job's results so far."""
-        await self.get(job_id, owner)
-        return await self.store.results(job_id)
-
     async def result_file(self, job_id: str, owner: str, result_id: str) -> tuple[Result, Path]:
         """A result and the path of its file."""
         await self.get(job_id, owner)

@@ -64,20 +64,28 @@ def jobs_xml(jobs: list[Job], base: str) -> bytes:
     return _document(root)
 
 
+#: the ``table`` entry listed first among a started job's results
+TABLE_RESULT = Result(0, TABLE_ID, "", -1, TABLE_MIME)
+
+
 def listed_results(job: Job, results: list[Result]) -> list[Result]:
     """The results as listed: the growing ``table`` first (once the job has started), then the products."""
     if job.start_time is None:
         return results
-    return [Result(0, TABLE_ID, "", -1, TABLE_MIME), *results]
+    return [TABLE_RESULT, *results]
 
 
-def _results_fragment(job_id: str, results: list[Result], base: str) -> str:
-    """The ``uws:result`` elements, built as text: a job can list tens of thousands."""
-    prefix = result_url(base, job_id, "")
-    return "".join(
-        f'<uws:result id={quoteattr(r.result_id)}{f" size={chr(34)}{r.size}{chr(34)}" if r.size >= 0 else ""}'
-        f' mime-type={quoteattr(r.mime_type)} xlink:type="simple" xlink:href={quoteattr(prefix + r.result_id)} />'
-        for r in results)
+def result_xml(job_id: str, r: Result, base: str) -> str:
+    """One ``uws:result`` element, built as text: a job can list tens of thousands."""
+    size = f' size="{r.size}"' if r.size >= 0 else ""
+    return (f"<uws:result id={quoteattr(r.result_id)}{size} mime-type={quoteattr(r.mime_type)}"
+            f' xlink:type="simple" xlink:href={quoteattr(result_url(base, job_id, r.result_id))} />')
+
+
+def result_json(job_id: str, r: Result, base: str) -> dict[str, Any]:
+    """One result as JSON."""
+    return {"id": r.result_id, "href": result_url(base, job_id, r.result_id),
+            "size": r.size if r.size >= 0 else None, "mime-type": r.mime_type}
 
 
 def _fill_parameters(container: ET.Element, job: Job) -> ET.Element:
@@ -86,8 +94,8 @@ def _fill_parameters(container: ET.Element, job: Job) -> ET.Element:
     return container
 
 
-def job_xml(job: Job, results: list[Result], base: str) -> bytes:
-    """The UWS job document."""
+def job_xml(job: Job, results: str) -> bytes:
+    """The UWS job document; ``results`` are its `result_xml` elements, joined."""
     # xlink is used only by the results spliced in as text, so ElementTree would not declare it
     root = ET.Element(f"{{{UWS}}}job", {"version": "1.1", "xmlns:xlink": XLINK})
     _el(root, "jobId", job.id)
@@ -109,14 +117,14 @@ def job_xml(job: Job, results: list[Result], base: str) -> bytes:
     info = _el(root, "jobInfo")
     for key, value in job_info(job).items():
         ET.SubElement(info, f"{{{SIASYNC}}}{key}").text = str(value)
-    listed = f"<uws:results>{_results_fragment(job.id, results, base)}</uws:results>".encode()
+    listed = f"<uws:results>{results}</uws:results>".encode()
     return _document(root).replace(b"<uws:results />", listed, 1)
 
 
-def results_xml(job_id: str, results: list[Result], base: str) -> bytes:
-    """The UWS results list."""
+def results_xml(results: str) -> bytes:
+    """The UWS results list; ``results`` are its `result_xml` elements, joined."""
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:results xmlns:uws="{UWS}" xmlns:xlink="{XLINK}">'
-            f"{_results_fragment(job_id, results, base)}</uws:results>").encode()
+            f"{results}</uws:results>").encode()
 
 
 def parameters_xml(job: Job) -> bytes:
@@ -139,16 +147,15 @@ def job_info(job: Job) -> dict[str, Any]:
     return info
 
 
-def job_json(job: Job, results: list[Result], base: str) -> dict[str, Any]:
-    """The job as JSON (same content as the XML)."""
+def job_json(job: Job, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The job as JSON (same content as the XML); ``results`` are its `result_json` items."""
     return {
         "jobId": job.id, "runId": job.run_id, "ownerId": job.owner, "phase": job.phase,
         "quote": iso(job.quote) or None, "creationTime": iso(job.creation_time),
         "startTime": iso(job.start_time) or None, "endTime": iso(job.end_time) or None,
         "executionDuration": job.execution_duration, "destruction": iso(job.destruction),
         "parameters": [{"id": n.lower(), "value": v} for n, v in job.parameters],
-        "results": [{"id": r.result_id, "href": result_url(base, job.id, r.result_id),
-                     "size": r.size if r.size >= 0 else None, "mime-type": r.mime_type} for r in results],
+        "results": results,
         "errorSummary": {"type": job.error_type, "message": job.error_message} if job.error_message else None,
         "jobInfo": job_info(job),
     }

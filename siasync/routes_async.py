@@ -11,9 +11,9 @@ from siasync.download import file_response
 from siasync.errors import UsageError
 from siasync.events import job_events, last_event_id
 from siasync.jobs import PHASES, JobService
-from siasync.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml, results_xml
-from siasync.table import table_response
+from siasync.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml
 from siasync.settings import Settings
+from siasync.table import table_response
 from siasync.web import JSON, XML, base_url, one, preferred, raw_params, represent, see_other, text
 
 JOB = "/{job_id:str}"
@@ -157,9 +157,8 @@ class AsyncJobs(Controller):
     async def get_results(self, request: Request, service: Service, settings: Config, owner: Owner,
                       job_id: FromPath[str]) -> Response:
         job = await service.get(job_id, owner)
-        results = listed_results(job, await service.store.results(job_id))
-        return Response(results_xml(job_id, results, base_url(request, settings.public_url)),
-                        media_type="application/xml")
+        return Response(await service.documents.results(job, base_url(request, settings.public_url)),
+                        media_type=XML)
 
     @get(JOB + "/results/table", summary="The growing SIAP table of the products registered so far")
     async def get_table(self, request: Request, service: Service, settings: Config, owner: Owner,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,6 +157,7 @@ class Result:
 
 
 _JOB_FIELDS = [c.name for c in JobRow.__table__.columns]
+_TIMES = [c.name for c in JobRow.__table__.columns if isinstance(c.type, UTCDateTime)]
 
 
 def _job(row: Any) -> Job:
@@ -198,6 +199,21 @@ class JobStore:
         self._last_seq.pop(job_id, None)
         self._writes += 1
 
+    def _updated(self, job_id: str, changed: bool, changes: dict[str, Any]) -> None:
+        """Apply a job row's update to its cached copy (a big job's spec is costly to read again)."""
+        self._writes += 1
+        cached = self._jobs.get(job_id)
+        if changed and cached is not None:
+            self._cache(replace(cached, **changes))
+
+    def _cache(self, job: Job) -> None:
+        """Keep the job as the database holds it: times in UTC."""
+        self._jobs[job.id] = replace(job, **{name: getattr(job, name).astimezone(UTC) for name in _TIMES
+                                            if getattr(job, name) is not None})
+        self._jobs.move_to_end(job.id)
+        while len(self._jobs) > self.CACHED_JOBS:
+            self._jobs.popitem(last=False)
+
     @classmethod
     async def open(cls, url: str) -> JobStore:
         """Connect, create the tables when missing, and check the schema version."""
@@ -238,6 +254,8 @@ class JobStore:
         """Insert a new job."""
         async with self._session.begin() as s:
             await s.execute(insert(JobRow).values(**{name: getattr(job, name) for name in _JOB_FIELDS}))
+        self._writes += 1
+        self._cache(job)  # a new job is read at once, and a big one is costly to decode
 
     async def get(self, job_id: str) -> Job | None:
         """The job, or None."""
@@ -252,9 +270,7 @@ class JobStore:
             return None
         job = _job(row)
         if self._writes == writes:
-            self._jobs[job_id] = job
-            while len(self._jobs) > self.CACHED_JOBS:
-                self._jobs.popitem(last=False)
+            self._cache(job)
         return job
 
     async def list(self, owner: str | None, phases: Iterable[str] | None = None, after: datetime | None = None,
@@ -277,7 +293,7 @@ class JobStore:
         async with self._session.begin() as s:
             result = await s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.phase.in_(list(from_phases)))
                                      .values(phase=to_phase, **changes))
-        self._changed(job_id)
+        self._updated(job_id, result.rowcount == 1, {"phase": to_phase, **changes})
         return result.rowcount == 1
 
     async def update(self, job_id: str, *, in_phases: Sequence[str] | None = None, **changes: Any) -> bool:
@@ -287,7 +303,7 @@ class JobStore:
             query = query.where(JobRow.phase.in_(list(in_phases)))
         async with self._session.begin() as s:
             changed = (await s.execute(query.values(**changes))).rowcount == 1
-        self._changed(job_id)
+        self._updated(job_id, changed, changes)
         return changed
 
     async def delete(self, job_id: str) -> bool:
@@ -334,7 +350,9 @@ class JobStore:
                                                 .where(table.c.job_id == job_id))).scalar_one()
                         await s.execute(insert(table), [
                             {"job_id": job_id, "seq": last + i, **_columns(item)} for i, item in enumerate(items, 1)])
-                self._changed(job_id)
+                # the job row itself is unchanged; only its newest result number moved
+                self._writes += 1
+                self._last_seq.pop(job_id, None)
                 return
             except IntegrityError:
                 existing = [await self.result(job_id, p.result_id) for p in products]
@@ -356,19 +374,14 @@ class JobStore:
         async with self._session() as s:
             return [(seq, row) for seq, row in (await s.execute(query)).all()]
 
-    async def results_after(self, job_id: str, after: int, limit: int = 1000) -> list[Result]:
-        """A job's results with sequence numbers above ``after``, in order."""
-        query = (select(ResultRow).where(ResultRow.job_id == job_id, ResultRow.seq > after)
-                 .order_by(ResultRow.seq).limit(limit))
-        async with self._session() as s:
-            return [Result(r.seq, r.result_id, r.path, r.size, r.mime_type, r.meta)
-                    for r in (await s.execute(query)).scalars()]
+    async def results(self, job_id: str, after: int = 0, limit: int | None = None) -> list[Result]:
+        """A job's results with sequence numbers above ``after``, in registration order.
 
-    async def results(self, job_id: str) -> list[Result]:
-        """The job's results in registration order (plain rows: a job may have tens of thousands)."""
+        Plain rows, not ORM objects: a job may have tens of thousands.
+        """
         t = ResultRow.__table__.c
         query = (select(t.seq, t.result_id, t.path, t.size, t.mime_type, t.meta)
-                 .where(t.job_id == job_id).order_by(t.seq))
+                 .where(t.job_id == job_id, t.seq > after).order_by(t.seq).limit(limit))
         async with self._session() as s:
             return [Result(*row) for row in (await s.execute(query)).all()]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,31 @@ def test_jobs_round_trip_with_utc_times(tmp_path: Path) -> None:
 
     job = run(scenario())
     assert job is not None and job.creation_time.tzinfo is UTC and job.parameters == [["POS", "1,2"]]
+
+
+def test_the_cached_job_follows_every_write(tmp_path: Path) -> None:
+    """Updates change the cached row in place; what a second store reads from the file agrees."""
+    async def scenario() -> tuple[list[Job | None], list[Job | None]]:
+        store = await JobStore.open(url(tmp_path))
+        await store.create(make_job("j"))
+        await store.get("j")  # cached from here on
+        later = datetime.now(UTC).astimezone(timezone(timedelta(hours=2))) + timedelta(hours=3)
+        assert await store.transition("j", ["PENDING"], "QUEUED", start_after=later)
+        assert not await store.transition("j", ["PENDING"], "ABORTED")  # refused: the cache keeps QUEUED
+        assert await store.update("j", info={"products": 3})
+        assert not await store.update("j", in_phases=["EXECUTING"], info={"products": 4})
+        await store.register("j", [Product("r1", 1, "image/fits")], [])
+        cached = [await store.get("j")]
+        reader = await JobStore.open(url(tmp_path))
+        stored = [await reader.get("j")]
+        await store.close()
+        await reader.close()
+        return cached, stored
+
+    cached, stored = run(scenario())
+    assert cached == stored
+    assert stored[0].phase == "QUEUED" and stored[0].info == {"products": 3}
+    assert cached[0].start_after.tzinfo == stored[0].start_after.tzinfo == UTC
 
 
 def test_racing_transitions_let_exactly_one_win(tmp_path: Path) -> None:
