@@ -17,6 +17,7 @@ planar polygon test once both are projected onto the field's tangent plane.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import astropy.units as u
@@ -61,7 +62,7 @@ class Field:
 
     def __post_init__(self) -> None:
         values = (self.ra, self.dec, self.width, self.height)
-        if not all(np.isfinite(values)):
+        if not all(map(math.isfinite, values)):
             raise FieldError(f"field values must be finite, got {values}")
         if not 0.0 <= self.ra < 360.0:
             raise FieldError(f"RA must be in [0, 360), got {self.ra}")

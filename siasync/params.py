@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "METADATA": (),
 }
 _NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+_SEPARATORS = re.compile(r"[;\r\n]+")
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 
 RawParams = list[tuple[str, str]]
@@ -59,9 +60,9 @@ class StagingRequest:
     collections: tuple[str, ...] = ()
     bands: tuple[str, ...] = ()
 
-    def fields(self) -> list[Field]:
-        """One `Field` per POS, each with the SIZE."""
-        return [Field(ra, dec, *self.size) for ra, dec in self.positions]
+    def fields(self, start: int = 0, stop: int | None = None) -> list[Field]:
+        """One `Field` per POS (from ``start`` to ``stop``), each with the SIZE."""
+        return [Field(ra, dec, *self.size) for ra, dec in self.positions[start:stop]]
 
     @property
     def products(self) -> tuple[str, ...]:
@@ -70,7 +71,8 @@ class StagingRequest:
 
     def to_spec(self) -> dict[str, Any]:
         """Plain JSON-able data, as stored and as sent to workers."""
-        return asdict(self)
+        return {"positions": [list(p) for p in self.positions], "size": list(self.size), "format": self.format,
+                "intersect": self.intersect, "collections": list(self.collections), "bands": list(self.bands)}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> StagingRequest:
@@ -113,8 +115,7 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None) -> tu
     for name in _SINGLE:
         if len(values.get(name, [])) > 1:
             raise UsageError(name, f"given {len(values[name])} times; give it once")
-    # a POS value may hold several positions, one per line or separated by ';' (HTML forms)
-    positions = tuple(parse_pos(p) for v in values.get("POS", []) for p in re.split(r"[;\r\n]+", v) if p.strip())
+    positions = parse_positions(values.get("POS", []))
     if not positions:
         raise UsageError("POS", "required: give at least one POS=ra,dec (ICRS degrees)")
     if len(positions) > limits.max_fields:
@@ -167,12 +168,35 @@ def parse_pos(text: str) -> tuple[float, float]:
     parts = text.split(",")
     if len(parts) != 2:
         raise UsageError("POS", f"expected ra,dec in degrees, got {text!r}")
-    ra, dec = (parse_number("POS", p) for p in parts)
+    try:
+        ra, dec = (parse_number("POS", p) for p in parts)
+    except UsageError as exc:
+        raise UsageError("POS", f"{str(exc).removeprefix('POS: ')} in {text!r}") from None
     if not 0.0 <= ra < 360.0:
         raise UsageError("POS", f"RA must be in [0, 360), got {ra:g} in {text!r}")
     if not -90.0 <= dec <= 90.0:
         raise UsageError("POS", f"Dec must be in [-90, 90], got {dec:g} in {text!r}")
     return ra, dec
+
+
+def parse_positions(values: Iterable[str]) -> tuple[tuple[float, float], ...]:
+    """Every position in the POS values; a value may hold several, one per line or separated by ';'.
+
+    A 10,000-field job is converted in bulk. ``float`` accepts a little more than
+    `parse_number` (``nan``, ``inf``, ``1_0``), so those are ruled out before or after;
+    a list with any fault in it goes line by line, to name the faulty value.
+    """
+    lines = [p for v in values for p in _SEPARATORS.split(v) if p.strip()]
+    if all(line.count(",") == 1 and "_" not in line for line in lines):
+        try:
+            numbers = [float(x) for x in ",".join(lines).split(",")]
+        except ValueError:
+            numbers = [math.nan]
+        ra, dec = numbers[0::2], numbers[1::2]
+        if (all(map(math.isfinite, numbers)) and all(0.0 <= r < 360.0 for r in ra)
+                and all(-90.0 <= d <= 90.0 for d in dec)):
+            return tuple(zip(ra, dec, strict=True))
+    return tuple(parse_pos(p) for p in lines)
 
 
 def parse_size(text: str, max_deg: float) -> tuple[float, float]:

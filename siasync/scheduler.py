@@ -41,8 +41,10 @@ from storage.jobs import Job, Product, TableRow
 log = logging.getLogger(__name__)
 
 BATCH_PAIRS = 8
-#: fields looked up per planning step (one thread hop)
+#: fields looked up per planning step (one thread hop); the first steps are smaller, so
+#: that a 10,000-field job sends its first batch as soon as a 10-field job does
 PLAN_FIELDS = 64
+FIRST_PLAN_FIELDS = 8
 #: seconds between progress writes to the store
 PROGRESS_EVERY = 0.5
 #: times a batch lost with a dead worker is submitted again
@@ -156,12 +158,12 @@ class Scheduler:
 
     async def _batches(self, job: Job, request: StagingRequest, progress: Progress) -> AsyncIterator[BatchTask]:
         """The job's work, planned a chunk of fields at a time, skipping pairs already registered."""
-        fields = request.fields()
         mode = Intersect(request.intersect)
         root, path = str(self.service.files.root), f"/async/{job.id}/results/"
         pending: list[PairTask] = []
-        for lo in range(0, len(fields), PLAN_FIELDS):
-            chunk = fields[lo:lo + PLAN_FIELDS]
+        lo, step = 0, FIRST_PLAN_FIELDS
+        while lo < len(request.positions):
+            chunk = request.fields(lo, lo + step)
             matches = await asyncio.to_thread(
                 lambda c=chunk: [self.index.lookup(f, mode, request.collections, request.bands) for f in c])
             # after a restart some pairs are registered already; the store, not a counter, says which
@@ -178,6 +180,7 @@ class Scheduler:
                 while len(pending) >= BATCH_PAIRS:
                     yield BatchTask(job.id, root, path, tuple(pending[:BATCH_PAIRS]))
                     pending = pending[BATCH_PAIRS:]
+            lo, step = lo + len(chunk), min(2 * step, PLAN_FIELDS)
         if pending:
             yield BatchTask(job.id, root, path, tuple(pending))
 
@@ -194,9 +197,10 @@ class Scheduler:
         fatal: str | None = None
 
         async def refill() -> None:
-            """Keep up to `limit` batches in flight while the job runs."""
+            """Keep up to `limit` batches in flight while the job runs, yielding to finished ones."""
             nonlocal exhausted, planned_to
-            while not exhausted and len(in_flight) < limit and job.id not in self._cancelled and not fatal:
+            while (not exhausted and len(in_flight) < limit and job.id not in self._cancelled and not fatal
+                   and not any(f.done() for f in in_flight)):  # finished batches are registered first
                 batch = await anext(batches, None)
                 if batch is None:
                     exhausted = True
