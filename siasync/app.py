@@ -42,7 +42,8 @@ def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
     return Limits(collections=frozenset(index.collections), bands=frozenset(index.bands),
                   max_fields=settings.max_fields, max_size_deg=settings.max_size_deg,
                   destruction_default_s=settings.destruction_default_s, destruction_max_s=settings.destruction_max_s,
-                  execution_default_s=settings.execution_default_s, execution_max_s=settings.execution_max_s)
+                  execution_default_s=settings.execution_default_s, execution_max_s=settings.execution_max_s,
+                  owner_active_jobs=settings.owner_active_jobs, owner_queued_fields=settings.owner_queued_fields)
 
 
 async def _reaper(service: JobService, interval: float) -> None:
@@ -67,8 +68,8 @@ def create_app(settings: Settings) -> Litestar:
         index = await asyncio.to_thread(ArchiveIndex.load, settings.archive)
         store = await JobStore.open(settings.database)
         files = ResultFiles(settings.state_dir / "results")
-        service = JobService(store, files, limits_for(settings, index), settings.wait_max_s)
-        executor = Scheduler(service, index, LocalPool(settings.workers), max_jobs=max(2, settings.workers))
+        service = JobService(store, files, limits_for(settings, index), settings.wait_max_s, index)
+        executor = Scheduler(service, index, LocalPool(settings.workers), max_jobs=settings.running_jobs)
         service.executor = executor
         await executor.start()
         for job_id in await service.requeue_interrupted():

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from cutout.index import ArchiveIndex
+from cutout.sky import Intersect
 from siasync.documents import JobDocuments
 from siasync.errors import NotFound, PermissionDenied, UsageError
 from siasync.params import (Limits, RawParams, StagingRequest, clamp_destruction, clamp_duration,
@@ -70,8 +72,11 @@ class PhaseWatch:
 class JobService:
     """Everything a client can do to jobs, with the rules of UWS 1.1."""
 
-    def __init__(self, store: JobStore, files: ResultFiles, limits: Limits, wait_max_s: int) -> None:
+    def __init__(self, store: JobStore, files: ResultFiles, limits: Limits, wait_max_s: int,
+                 index: ArchiveIndex | None = None) -> None:
         self.store = store
+        #: the sky index, for cost estimates (None: jobs get no estimate)
+        self.index = index
         self.files = files
         self.limits = limits
         self.wait_max_s = wait_max_s
@@ -136,13 +141,15 @@ class JobService:
     async def create(self, owner: str, raw: RawParams) -> Job:
         """Validate the parameters and store a new job (queued at once with PHASE=RUN)."""
         request, control = parse_job(raw, self.limits)
+        if control.run:  # refused before anything is stored
+            await self._check_owner_limits(owner, len(request.positions))
+        info = await self._sizes(request)
         now = datetime.now(UTC)
         job = Job(id=secrets.token_hex(8), owner=owner, run_id=control.run_id, phase="PENDING",
                   creation_time=now, start_time=None, end_time=None,
                   execution_duration=control.execution_duration, destruction=control.destruction, quote=None,
                   start_after=control.start, error_type=None, error_message=None,
-                  parameters=[list(p) for p in raw if p[0] != "PHASE"], spec=request.to_spec(),
-                  info={"fields_total": len(request.positions)})
+                  parameters=[list(p) for p in raw if p[0] != "PHASE"], spec=request.to_spec(), info=info)
         await self.store.create(job)
         if control.run:
             await self.run(job.id, owner)
@@ -152,10 +159,29 @@ class JobService:
     async def run(self, job_id: str, owner: str) -> None:
         """PHASE=RUN: PENDING (or HELD) to QUEUED, then hand the job to the executor."""
         job = await self.get(job_id, owner)
+        if job.phase in RUNNABLE:
+            await self._check_owner_limits(owner, job.info.get("fields_total", 0))
         if not await self._transition(job_id, RUNNABLE, "QUEUED"):
             raise PermissionDenied(f"cannot run job {job_id} in phase {job.phase}")
         if self.executor is not None:
             self.executor.submit(job_id)
+
+    async def _sizes(self, request: StagingRequest) -> dict[str, int]:
+        """jobInfo's size of a job: its fields, and its estimated cost in (field, image) pairs."""
+        sizes = {"fields_total": len(request.positions)}
+        if self.index is not None:
+            sizes["cost"] = await asyncio.to_thread(estimate_cost, self.index, request)
+        return sizes
+
+    async def _check_owner_limits(self, owner: str, fields: int) -> None:
+        """Refuse to queue ``fields`` more for an owner at a limit of active jobs or queued fields."""
+        active = await self.store.active_fields(owner)
+        if len(active) >= self.limits.owner_active_jobs:
+            raise UsageError("PHASE", f"{owner} already has {len(active)} jobs queued or executing, the limit; "
+                                      "run this job when one of them has finished")
+        if sum(active) + fields > self.limits.owner_queued_fields:
+            raise UsageError("PHASE", f"{owner} has {sum(active)} fields queued or executing; {fields} more would "
+                                      f"exceed the limit of {self.limits.owner_queued_fields}")
 
     async def abort(self, job_id: str, owner: str) -> None:
         """PHASE=ABORT: keep the results so far and stop."""
@@ -198,9 +224,10 @@ class JobService:
         names = {name for name, _ in raw}
         merged = [tuple(p) for p in job.parameters if p[0] not in names] + list(raw)
         request, control = parse_job(merged, self.limits)
+        info = {**job.info, **await self._sizes(request)}
         updated = await self.store.update(
             job_id, in_phases=RUNNABLE, parameters=[list(p) for p in merged], spec=request.to_spec(),
-            run_id=control.run_id, start_after=control.start, info={**job.info, "fields_total": len(request.positions)},
+            run_id=control.run_id, start_after=control.start, info=info,
             **({"destruction": control.destruction} if "DESTRUCTION" in names else {}),
             **({"execution_duration": control.execution_duration} if "EXECUTIONDURATION" in names else {}))
         if not updated:
@@ -254,6 +281,22 @@ class JobService:
             self.watch.notify(job_id)
             self.results_watch.notify(job_id)
         return moved
+
+
+def estimate_cost(index: ArchiveIndex, request: StagingRequest, sample: int = 64) -> int:
+    """Roughly how many (field, image) pairs the request makes, found from the index without cutting.
+
+    Exact for up to ``sample`` fields; for more, the mean of evenly spread fields times
+    the field count, so that creating a 10,000-field job stays quick.
+    """
+    n = len(request.positions)
+    if n == 0:
+        return 0
+    picked = range(n) if n <= sample else [round(i * (n - 1) / (sample - 1)) for i in range(sample)]
+    mode = Intersect(request.intersect)
+    matches = sum(len(index.lookup(request.fields(i, i + 1)[0], mode, request.collections, request.bands))
+                  for i in picked)
+    return round(matches * n / len(picked))
 
 
 def staging_request(job: Job) -> StagingRequest:

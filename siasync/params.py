@@ -47,6 +47,8 @@ class Limits:
     destruction_max_s: int
     execution_default_s: int
     execution_max_s: int
+    owner_active_jobs: int = 20
+    owner_queued_fields: int = 100_000
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ class TaskPool(Protocol):
     async def start(self) -> None:
         """Start the workers."""
 
-    def submit(self, task: BatchTask) -> Submitted:
-        """Queue a batch."""
+    def submit(self, task: BatchTask, priority: int = 0) -> Submitted:
+        """Queue a batch; where the pool orders its queue, a higher priority runs first."""
 
     async def close(self) -> None:
         """Stop the workers."""
@@ -83,8 +83,12 @@ class LocalPool:
         """Start every worker now, so that the first job does not wait for them."""
         await asyncio.gather(*(asyncio.wrap_future(self._executor.submit(warm)) for _ in range(self.workers)))
 
-    def submit(self, task: BatchTask) -> _LocalSubmission:
-        """Queue a batch; await the result for its outcomes."""
+    def submit(self, task: BatchTask, priority: int = 0) -> _LocalSubmission:
+        """Queue a batch; await the result for its outcomes.
+
+        The queue is first in, first out, so ``priority`` is not used: the dispatcher
+        keeps no more batches in it than the workers are about to run.
+        """
         try:
             return _LocalSubmission(self, self._executor.submit(run_batch, task))
         except BrokenProcessPool:

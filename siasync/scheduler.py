@@ -28,10 +28,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
+from siasync.dispatch import Dispatcher, Ticket
 from siasync.jobs import JobService, staging_request
 from siasync.params import StagingRequest
 from siasync.pool import LostTask, TaskPool
@@ -62,6 +63,8 @@ class Progress:
     pairs: int = 0
     empty_fields: list[int] = field(default_factory=list)
     empty_count: int = 0
+    #: the estimate made at creation, in (field, image) pairs
+    cost: int | None = None
     warnings: list[str] = field(default_factory=list)
     _recent: deque = field(default_factory=lambda: deque(maxlen=64))
     _written: float = 0.0
@@ -79,7 +82,8 @@ class Progress:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def as_info(self) -> dict:
-        return {"fields_total": self.fields_total, "fields_done": self.fields_done, "products": self.products,
+        cost = {} if self.cost is None else {"cost": self.cost}
+        return {"fields_total": self.fields_total, **cost, "fields_done": self.fields_done, "products": self.products,
                 "bytes": self.bytes, "pairs_done": self.pairs, "rate": round(self.rate(), 2),
                 "empty_fields": self.empty_fields, "empty_count": self.empty_count, "warnings": self.warnings}
 
@@ -91,6 +95,7 @@ class Scheduler:
         self.service = service
         self.index = index
         self.pool = pool
+        self.dispatcher = Dispatcher(pool)
         self.max_jobs = max_jobs
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._cancelled: set[str] = set()
@@ -108,6 +113,7 @@ class Scheduler:
         for timer in self._timers:
             timer.cancel()
         self._cancelled.update(self._running)
+        self.dispatcher.shutdown()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -144,6 +150,7 @@ class Scheduler:
         delay = (job.start_after - datetime.now(UTC)).total_seconds() if job.start_after else 0
         if delay > 0:
             self._timers.append(asyncio.get_running_loop().call_later(delay, self.submit, job_id))
+            await self.service.store.update(job_id, quote=self.quote(job_id, job.info.get("cost", 0), job.start_after))
             return
         done = asyncio.Event()
         self._running[job_id] = done
@@ -184,13 +191,25 @@ class Scheduler:
         if pending:
             yield BatchTask(job.id, root, path, tuple(pending))
 
+    def quote(self, job_id: str, remaining: int, start: datetime | None = None) -> datetime | None:
+        """When a job with ``remaining`` pairs to make should complete, or None before any measurement.
+
+        The model is the dispatcher's order: the running jobs with less left to do go
+        first, then this job's own pairs, at the measured rate of every worker together.
+        """
+        rate = self.dispatcher.throughput.per_worker()
+        if rate is None:
+            return None
+        pairs = self.dispatcher.work_ahead(job_id, remaining) + remaining
+        return max(start or datetime.now(UTC), datetime.now(UTC)) + timedelta(seconds=pairs / (rate * self.pool.workers))
+
     async def _stage(self, job: Job) -> None:
         request = staging_request(job)
-        progress = Progress(len(request.positions), **{k: job.info[k] for k in ("products", "bytes")
+        progress = Progress(len(request.positions), **{k: job.info[k] for k in ("products", "bytes", "cost")
                                                        if k in job.info})
         outstanding: dict[int, int] = {}  # field index -> batches of it still in flight
         planned_to = -1  # every field up to here has been planned
-        in_flight: dict[asyncio.Future, tuple[object, BatchTask, int]] = {}
+        in_flight: dict[asyncio.Future, tuple[BatchTask, int]] = {}
         limit = 4 * self.pool.workers
         batches = self._batches(job, request, progress)
         exhausted = False
@@ -205,27 +224,29 @@ class Scheduler:
                 if batch is None:
                     exhausted = True
                     return
-                self._launch(in_flight, batch, 0)
+                self._launch(ticket, in_flight, batch, 0)
                 for pair in batch.pairs:
                     outstanding[pair.field_index] = outstanding.get(pair.field_index, 0) + 1
                 planned_to = batch.pairs[-1].field_index - 1
 
+        ticket = self.dispatcher.open(job.id, job.owner, max(0, job.info.get("cost", 0) - progress.pairs))
+        await self.service.store.update(job.id, quote=self.quote(job.id, ticket.remaining))
         try:
             while True:
                 await refill()
                 if job.id in self._cancelled or fatal:
-                    self._withdraw(in_flight, outstanding)
+                    self._withdraw(ticket, in_flight, outstanding)
                 if not in_flight:
                     break
                 finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 completed: list[tuple[BatchTask, list[PairOutcome]]] = []
                 for future in finished:
-                    _, batch, attempt = in_flight.pop(future)
+                    batch, attempt = in_flight.pop(future)
                     try:
                         completed.append((batch, future.result()))
                     except LostTask:
                         if attempt < RETRIES and job.id not in self._cancelled:
-                            self._launch(in_flight, batch, attempt + 1)
+                            self._launch(ticket, in_flight, batch, attempt + 1)
                             continue
                         fatal = fatal or "a worker died repeatedly on this job's data"
                         completed.append((batch, []))
@@ -236,8 +257,9 @@ class Scheduler:
                 if exhausted:
                     planned_to = len(request.positions) - 1
                 progress.fields_done = (min(outstanding) if outstanding else planned_to + 1)
-                await self._write_progress(job.id, progress)
+                await self._write_progress(job.id, progress, ticket)
         finally:
+            self.dispatcher.close(ticket)
             await batches.aclose()
         await self._write_progress(job.id, progress, force=True)
         if job.id in self._cancelled:
@@ -249,15 +271,12 @@ class Scheduler:
             await self._write_progress(job.id, progress, force=True)
             await self.service.finish(job.id, "COMPLETED")
 
-    def _launch(self, in_flight: dict, batch: BatchTask, attempt: int) -> None:
-        submission = self.pool.submit(batch)
-        future = asyncio.ensure_future(_awaited(submission))
-        in_flight[future] = (submission, batch, attempt)
+    def _launch(self, ticket: Ticket, in_flight: dict, batch: BatchTask, attempt: int) -> None:
+        in_flight[self.dispatcher.submit(ticket, batch)] = (batch, attempt)
 
-    def _withdraw(self, in_flight: dict, outstanding: dict[int, int]) -> None:
-        for future, (submission, batch, _) in list(in_flight.items()):
-            if submission.cancel():
-                future.cancel()
+    def _withdraw(self, ticket: Ticket, in_flight: dict, outstanding: dict[int, int]) -> None:
+        for future, (batch, _) in list(in_flight.items()):
+            if self.dispatcher.withdraw(ticket, future):
                 del in_flight[future]
                 _release(outstanding, batch)
 
@@ -286,11 +305,14 @@ class Scheduler:
         fatal = next((o.message for o in outcomes if o.problem == "fatal"), None)
         return fatal
 
-    async def _write_progress(self, job_id: str, progress: Progress, force: bool = False) -> None:
+    async def _write_progress(self, job_id: str, progress: Progress, ticket: Ticket | None = None,
+                              force: bool = False) -> None:
+        """Write the progress, and a fresh quote while the job runs (``ticket``)."""
         now = time.monotonic()
         if force or now - progress._written >= PROGRESS_EVERY:
             progress._written = now
-            await self.service.store.update(job_id, info=progress.as_info())
+            quote = {"quote": self.quote(job_id, ticket.remaining)} if ticket is not None else {}
+            await self.service.store.update(job_id, info=progress.as_info(), **quote)
 
 
 def _release(outstanding: dict[int, int], batch: BatchTask) -> None:
@@ -299,10 +321,6 @@ def _release(outstanding: dict[int, int], batch: BatchTask) -> None:
         outstanding[pair.field_index] -= 1
         if not outstanding[pair.field_index]:
             del outstanding[pair.field_index]
-
-
-async def _awaited(submission: object) -> list[PairOutcome]:
-    return await submission
 
 
 def _delete_files(files: object, job_id: str, names: list[str]) -> None:

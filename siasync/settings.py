@@ -35,8 +35,13 @@ class Settings:
     auth: str = "anonymous"
     #: lines of ``TOKEN OWNER``; ``#`` starts a comment
     tokens_file: Path | None = None
-    #: worker processes that cut (the local process pool)
+    #: worker processes that cut (the local process pool, or a dask-local cluster's default)
     workers: int = max(os.cpu_count() or 1, 1)
+    #: jobs staged at once; they share the workers (small jobs first, owners in turn)
+    running_jobs: int = 16
+    #: per owner: jobs QUEUED or EXECUTING at once, and the fields in all of them
+    owner_active_jobs: int = 20
+    owner_queued_fields: int = 100_000
     max_fields: int = 10_000
     max_size_deg: float = 2.0
     max_body_bytes: int = 16 * 1024 * 1024
@@ -53,7 +58,8 @@ class Settings:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
         if self.auth == "token" and self.tokens_file is None:
             raise ValueError("auth 'token' needs a tokens_file")
-        for name in ("port", "workers", "max_fields", "max_body_bytes", "destruction_default_s",
+        for name in ("port", "workers", "running_jobs", "owner_active_jobs", "owner_queued_fields", "max_fields",
+                     "max_body_bytes", "destruction_default_s",
                      "destruction_max_s", "execution_default_s", "execution_max_s", "wait_max_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

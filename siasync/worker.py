@@ -63,6 +63,8 @@ class PairOutcome:
     #: "skipped" (no overlap after all), "warning" (unreadable parent), "fatal" (cannot write), "gone"
     problem: str | None = None
     message: str = ""
+    #: time spent on the pair in the worker (the measure of throughput behind the quote)
+    seconds: float = 0.0
 
 
 def result_name(field_index: int, image_id: str, mime: str) -> str:
@@ -104,7 +106,9 @@ def run_batch(task: BatchTask) -> list[PairOutcome]:
     files = ResultFiles(task.results_root)
     outcomes = []
     for pair in task.pairs:
+        start = time.perf_counter()
         outcome = _run_pair(pair, task, files)
+        outcome.seconds = time.perf_counter() - start
         outcomes.append(outcome)
         if outcome.problem in ("fatal", "gone"):
             break

@@ -315,6 +315,12 @@ class JobStore:
         self._changed(job_id)
         return deleted
 
+    async def active_fields(self, owner: str) -> list[int]:
+        """The field count of each of the owner's QUEUED or EXECUTING jobs."""
+        query = select(JobRow.info).where(JobRow.owner == owner, JobRow.phase.in_(["QUEUED", "EXECUTING"]))
+        async with self._session() as s:
+            return [int(info.get("fields_total", 0)) for info in (await s.execute(query)).scalars()]
+
     async def ids_where(self, *, phases: Iterable[str] | None = None,
                         destroy_before: datetime | None = None) -> list[str]:
         """Ids of jobs in some phases, or due for destruction before an instant."""

@@ -86,3 +86,14 @@ def server(tmp_path: Path, demo_archive: Path) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path) -> Iterator[Server]:
+    """One server with two workers, shared by a module's tests."""
+    root = tmp_path_factory.mktemp("staging")
+    srv = Server(demo_archive, root / "state", root / "server.log", "--workers", "2").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -5,13 +5,10 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 from lxml import etree
-import pytest
 from astropy.io import fits
 from astropy.io.votable import parse as parse_votable
 from astropy.io.votable import parse_single_table
@@ -23,16 +20,6 @@ from cutout.sky import Field
 from tests.e2e.conftest import Server, submit, wait_final
 
 SIZE = 0.03
-
-
-@pytest.fixture(scope="module")
-def staging(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("staging")
-    srv = Server(demo_archive, root / "state", root / "server.log", "--workers", "2").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def grid(n: int) -> list[tuple[float, float]]:

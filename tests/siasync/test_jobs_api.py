@@ -331,3 +331,39 @@ def test_other_requests_are_answered_while_many_clients_wait(client) -> None:
     for thread in threads:
         thread.join(10)
     assert not any(thread.is_alive() for thread in threads)
+
+
+def test_per_owner_limits_refuse_more_work_at_creation_and_at_run(make_client) -> None:
+    """Deferred jobs keep their owner's slots busy; a third job, or too many fields, is refused by name."""
+    with make_client(auth="token", owner_active_jobs=2, owner_queued_fields=5) as client:
+        deferred = {"SIZE": "0.01", "START": FUTURE, "PHASE": "RUN"}
+        create_job(client, {"POS": "150.1,2.2;150.2,2.2", **deferred}, headers=TOKEN_A)
+        # fields: 2 queued, 4 more would make 6 > 5
+        response = client.post("/async", data={"POS": "150.1,2.2;150.2,2.2;150.3,2.2;150.4,2.2", **deferred},
+                               headers=TOKEN_A, follow_redirects=False)
+        assert response.status_code == 400 and response.text.startswith("UsageError: PHASE:")
+        assert "exceed the limit of 5" in response.text
+        create_job(client, {"POS": "150.1,2.2", **deferred}, headers=TOKEN_A)
+        before = client.get("/async", headers={**TOKEN_A, "Accept": "application/json"}).json()
+        response = client.post("/async", data={"POS": "150.1,2.2", **deferred}, headers=TOKEN_A,
+                               follow_redirects=False)
+        assert response.status_code == 400 and "already has 2 jobs queued or executing" in response.text
+        assert client.get("/async", headers={**TOKEN_A, "Accept": "application/json"}).json() == before  # nothing stored
+        pending = create_job(client, headers=TOKEN_A)  # a PENDING job is not active
+        assert post_phase(client, pending, "RUN", TOKEN_A) == 400
+        assert phase(client, pending, TOKEN_A) == "PENDING"
+        other = create_job(client, {"POS": "150.1,2.2", **deferred}, headers=TOKEN_B)  # bob has his own limits
+        assert phase(client, other, TOKEN_B) == "QUEUED"
+
+
+def test_a_job_carries_its_cost_estimate(client) -> None:
+    """Exact for a small job: the (field, image) pairs the index finds."""
+    from cutout.sky import Field
+
+    positions = [(150.1, 2.2), (150.3, 2.4), (10.0, 10.0)]
+    job_id = create_job(client, {"POS": ";".join(f"{ra},{dec}" for ra, dec in positions), "SIZE": "0.01",
+                                 "COLLECTION": "DEMO-WIDE"})
+    info = client.get(f"/async/{job_id}", headers={"Accept": "application/json"}).json()["jobInfo"]
+    index = client.app.state.index
+    expected = sum(len(index.lookup(Field(ra, dec, 0.01, 0.01), collections=["DEMO-WIDE"])) for ra, dec in positions)
+    assert info["cost"] == expected > 0
