@@ -64,7 +64,8 @@ async def poll(host: str, port: int, path: str, clients: int, seconds: float, in
 
 
 def main() -> int:
-    host, port, path, clients, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+    host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    clients, seconds = int(sys.argv[4]), float(sys.argv[5])
     interval = float(sys.argv[6]) if len(sys.argv) > 6 else 0.5
     print(json.dumps(asyncio.run(poll(host, port, path, clients, seconds, interval))))
     return 0

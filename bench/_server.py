@@ -16,7 +16,7 @@ import httpx
 class BenchServer:
     """A server process on a free loopback port; stopped by its PID."""
 
-    def __init__(self, archive: Path, state: Path, *args: str) -> None:
+    def __init__(self, archive: Path, state: Path, *args: str, env: dict[str, str] | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -24,7 +24,8 @@ class BenchServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "siasync", "serve", "--port", str(self.port), "--archive", str(archive),
              "--state-dir", str(state), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **(env or {})})
         for _ in range(600):
             try:
                 if httpx.get(self.url + "/async?LAST=1", timeout=2).status_code == 200:

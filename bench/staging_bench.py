@@ -9,7 +9,10 @@ Run with ``make bench``. Every comparison is against a baseline in the same run:
 * peak server RSS during that job, and the table GET time at its end;
 * p50/p99 of ``GET /async/{job}`` from 100 pollers (each every 0.5 s, so 200 requests/s)
   while a second bulk job keeps both cores busy: on a small job, and on the bulk job itself.
-  The pollers run in their own process (`bench/_poller.py`), on bare asyncio streams.
+  The pollers run in their own process (`bench/_poller.py`), on bare asyncio streams;
+* the time from POST to COMPLETED of 10-field jobs behind a running bulk job, with the fair
+  dispatcher and with ``SIASYNC_SCHEDULING=fifo`` (batches in arrival order);
+* products per second of the same job on a Dask LocalCluster and on the local pool.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import numpy as np
@@ -47,18 +51,25 @@ def positions(n: int, seed: int) -> list[tuple[float, float]]:
     return [(float(150.1 + rng.uniform(-0.5, 0.5)), float(2.2 + rng.uniform(-0.5, 0.5))) for _ in range(n)]
 
 
-def post(server: BenchServer, fields: list[tuple[float, float]], **params: str) -> str:
-    body = {"POS": "\n".join(f"{ra},{dec}" for ra, dec in fields), "PHASE": "RUN", **BULK, **params}
-    response = httpx.post(server.url + "/async", data=body, follow_redirects=False, timeout=120)
+def form(fields: list[tuple[float, float]]) -> bytes:
+    """The encoded body that creates and runs a job on these fields (made before any clock starts)."""
+    return urlencode({"POS": "\n".join(f"{ra},{dec}" for ra, dec in fields), "PHASE": "RUN", **BULK}).encode()
+
+
+def post(server: BenchServer, fields: list[tuple[float, float]] | bytes) -> str:
+    body = fields if isinstance(fields, bytes) else form(fields)
+    response = httpx.post(server.url + "/async", content=body, follow_redirects=False, timeout=120,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
     if response.status_code != 303:
         raise RuntimeError(response.text)
     return server.url + response.headers["location"]
 
 
 def first_result_seconds(server: BenchServer, fields: list[tuple[float, float]]) -> tuple[float, str]:
-    """Seconds from the POST to the first result event on the job's stream."""
+    """Seconds from sending the POST to the first result event on the job's stream."""
+    body = form(fields)
     start = time.perf_counter()
-    job = post(server, fields)
+    job = post(server, body)
     with httpx.stream("GET", job + "/events", timeout=120) as stream:
         for line in stream.iter_lines():
             if line.startswith("event: result"):
@@ -69,6 +80,29 @@ def first_result_seconds(server: BenchServer, fields: list[tuple[float, float]])
 def destroy(job: str) -> None:
     if httpx.delete(job, timeout=30).status_code != 303:
         raise RuntimeError(f"DELETE {job} failed")
+
+
+def small_latencies(server: BenchServer, bulk_job: str, trials: int = 3) -> list[float]:
+    """Seconds from POST to COMPLETED of 10-field jobs, one after another, behind ``bulk_job``."""
+    while info(bulk_job)["jobInfo"].get("products", 0) < 50:
+        time.sleep(0.1)
+    seconds = []
+    for trial in range(trials):
+        start = time.perf_counter()
+        job = post(server, positions(10, seed=100 + trial))
+        while httpx.get(job + "/phase", timeout=30).text in ("QUEUED", "EXECUTING"):
+            httpx.get(job, params={"WAIT": "30"}, timeout=60)  # returns at the next phase change
+        seconds.append(time.perf_counter() - start)
+        assert info(bulk_job)["phase"] == "EXECUTING", "the bulk job ended first: make it bigger"
+    return seconds
+
+
+def job_rate(server: BenchServer, fields: list[tuple[float, float]]) -> float:
+    """Products per second of one job from its POST to its completion."""
+    start = time.perf_counter()
+    job = post(server, fields)
+    end = wait_done(job, server, [])
+    return info(job)["jobInfo"]["products"] / (end - start)
 
 
 def info(job: str) -> dict:
@@ -118,6 +152,7 @@ def main() -> int:
     parser.add_argument("--scratch", type=Path, default=REPO / "bench" / ".scratch")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--bulk", type=int, default=10_000, help="fields of the bulk job")
+    parser.add_argument("--compare", type=int, default=3000, help="fields of the job run on both backends")
     args = parser.parse_args()
     index = ArchiveIndex.load(args.archive)
     state = args.scratch / "staging-state"
@@ -156,9 +191,26 @@ def main() -> int:
         busy_job = post(server, positions(args.bulk, seed=4))  # keeps both cores busy while polled
         polled = {"small": poll(server, small_job), "bulk": poll(server, busy_job)}
         busy_products = info(busy_job)["jobInfo"]["products"]
+        behind = {"fair": small_latencies(server, busy_job)}
         destroy(busy_job)
+        compare_fields = positions(args.compare, seed=5)
+        rates = {"local": job_rate(server, compare_fields)}
     finally:
         server.stop()
+    for name, extra, env in (("fifo", (), {"SIASYNC_SCHEDULING": "fifo"}),
+                             ("dask", ("--executor", f"dask-local:{args.workers}"), {})):
+        shutil.rmtree(state, ignore_errors=True)
+        other = BenchServer(args.archive, state, "--workers", str(args.workers), *extra, env=env)
+        try:
+            wait_done(post(other, positions(10, seed=2)), other, [])  # warm-up
+            if name == "fifo":
+                busy_job = post(other, positions(args.bulk, seed=4))
+                behind["fifo"] = small_latencies(other, busy_job)
+                destroy(busy_job)
+            else:
+                rates["dask"] = job_rate(other, compare_fields)
+        finally:
+            other.stop()
     raw_rate, raw_made = asyncio.run(raw_throughput(index, bulk_fields, args.scratch, args.workers, BATCH_PAIRS))
 
     print(f"## Staging engine ({args.workers} workers; bulk job: {args.bulk} fields of DEMO-WIDE r, "
@@ -178,6 +230,11 @@ def main() -> int:
     print(f"| server RSS, peak during the bulk job | {max(rss):.0f} MB | {rss[0]:.0f} MB at start | "
           f"{max(rss) / rss[0]:.2f} |")
     print(f"| table GET at {rows} rows (median of 5) | {statistics.median(table_times) * 1e3:.0f} ms | | |")
+    fair, fifo = statistics.median(behind["fair"]), statistics.median(behind["fifo"])
+    print(f"| 10-field job, POST to COMPLETED behind a running {args.bulk}-field job (median of 3): fair "
+          f"dispatcher vs FIFO | {fair:.2f} s | {fifo:.2f} s | {fifo / fair:.1f}x faster |")
+    print(f"| products/s of a {args.compare}-field job: Dask LocalCluster ({args.workers} workers) vs local pool | "
+          f"{rates['dask']:.0f} | {rates['local']:.0f} | {rates['dask'] / rates['local']:.0%} |")
     print("\nRaw pool throughput by pairs per task (same 1,500 random fields):\n")
     print(f"| pairs per task | products/s | vs {BATCH_PAIRS} (the service's choice) |")
     print("|---:|---:|---:|")

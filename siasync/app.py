@@ -21,7 +21,7 @@ from siasync import __version__
 from siasync.auth import Authenticator
 from siasync.errors import ServiceError
 from siasync.jobs import JobService
-from siasync.pool import LocalPool
+from siasync.pool import make_pool
 from siasync.params import Limits
 from siasync.representations import iso
 from siasync.routes_async import AsyncJobs
@@ -69,7 +69,8 @@ def create_app(settings: Settings) -> Litestar:
         store = await JobStore.open(settings.database)
         files = ResultFiles(settings.state_dir / "results")
         service = JobService(store, files, limits_for(settings, index), settings.wait_max_s, index)
-        executor = Scheduler(service, index, LocalPool(settings.workers), max_jobs=settings.running_jobs)
+        executor = Scheduler(service, index, make_pool(settings.executor, settings.workers),
+                             max_jobs=settings.running_jobs, policy=settings.scheduling)
         service.executor = executor
         await executor.start()
         for job_id in await service.requeue_interrupted():

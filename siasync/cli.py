@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url", help="SQLAlchemy URL of the job store (default SQLite in the state dir)")
     serve.add_argument("--auth", choices=["anonymous", "token", "header"], help="how owners are identified")
     serve.add_argument("--tokens-file", type=Path, help="bearer tokens, one 'TOKEN OWNER' per line")
-    serve.add_argument("--workers", type=int, help="jobs staged at once (default: the core count)")
+    serve.add_argument("--workers", type=int, help="worker processes that cut (default: the core count)")
+    serve.add_argument("--executor", help="local (default), dask-local[:N] or dask://HOST:PORT")
     serve.set_defaults(handler=_serve)
 
     archive = commands.add_parser("archive", help="manage the archive index")
@@ -80,7 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(host=args.host, port=args.port, archive=args.archive, state_dir=args.state_dir,
                                      public_url=args.public_url, database_url=args.database_url, auth=args.auth,
-                                     tokens_file=args.tokens_file, workers=args.workers)
+                                     tokens_file=args.tokens_file, workers=args.workers, executor=args.executor)
     except ValueError as exc:
         print(f"siasync: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """Sharing the worker pool among running jobs: small jobs first, owners in turn.
 
 Every running job hands its planned batches to the `Dispatcher`, which keeps at most
-`slots` of them in the pool (two per worker: each worker has the next batch ready,
-and a newly arrived job waits for at most one batch per worker). When a slot frees
-up, the next batch is chosen at task granularity:
+`slots` of them in the pool: `SLOTS_PER_WORKER` per worker, so that each worker has
+its next batches ready while the event loop is busy registering, and a newly arrived
+job waits for at most two batches per worker (a fraction of a second). When a slot
+frees up, the next batch is chosen at task granularity:
 
 1. **Owners take turns** (round-robin): the slot goes to the owner, among those with
    work waiting, whose last grant is the oldest. Two users each get half the pool,
@@ -15,6 +16,8 @@ up, the next batch is chosen at task granularity:
    many small jobs arrive.
 
 The same order is passed to the pool as a priority, which a Dask cluster honours.
+With ``policy="fifo"`` batches go out in the order the jobs planned them instead, as a
+plain shared queue would do (the baseline of bench/staging_bench.py).
 
 The dispatcher also measures throughput: products per second per worker, as a moving
 average over the last `WINDOW` batches, from the time each batch took on its worker.
@@ -32,6 +35,8 @@ from siasync.worker import BatchTask, PairOutcome
 
 AGING = 4
 WINDOW = 64
+SLOTS_PER_WORKER = 3
+POLICIES = ("fair", "fifo")
 
 
 @dataclass(eq=False)
@@ -65,18 +70,27 @@ class Throughput:
 class Dispatcher:
     """Feeds one `TaskPool` from the queues of the running jobs."""
 
-    def __init__(self, pool: TaskPool, slots: int | None = None) -> None:
+    def __init__(self, pool: TaskPool, slots: int | None = None, policy: str = "fair") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         self.pool = pool
-        self.slots = slots or 2 * pool.workers
+        self.policy = policy
+        self._slots = slots
         self.throughput = Throughput()
         self._tickets: dict[str, Ticket] = {}
         self._busy = 0
         self._order = itertools.count()
+        self._arrivals = itertools.count()
         self._grants = itertools.count(1)
         self._last_grant: dict[str, int] = {}
         self._owner_grants: dict[str, int] = {}
         self._running: dict[asyncio.Future, object] = {}
         self._closed = False
+
+    @property
+    def slots(self) -> int:
+        """Batches kept in the pool, unless given: a cluster's size is known once it starts."""
+        return self._slots or SLOTS_PER_WORKER * self.pool.workers
 
     def open(self, job_id: str, owner: str, remaining: int) -> Ticket:
         """A ticket for a job that starts running."""
@@ -94,7 +108,7 @@ class Dispatcher:
     def submit(self, ticket: Ticket, task: BatchTask) -> asyncio.Future:
         """Queue a batch of the job; the future gives its outcomes (or `LostTask`)."""
         future = asyncio.get_running_loop().create_future()
-        ticket.queue.append((task, future))
+        ticket.queue.append((task, future, next(self._arrivals)))
         self._pump()
         return future
 
@@ -116,6 +130,8 @@ class Dispatcher:
         waiting = [t for t in self._tickets.values() if t.queue]
         if not waiting:
             return None
+        if self.policy == "fifo":
+            return min(waiting, key=lambda t: t.queue[0][2])
         owner = min({t.owner for t in waiting}, key=lambda o: (self._last_grant.get(o, 0), o))
         mine = [t for t in waiting if t.owner == owner]
         self._owner_grants[owner] = self._owner_grants.get(owner, 0) + 1
@@ -125,7 +141,7 @@ class Dispatcher:
 
     def _pump(self) -> None:
         while not self._closed and self._busy < self.slots and (ticket := self._pick()) is not None:
-            task, future = ticket.queue.popleft()
+            task, future, _ = ticket.queue.popleft()
             self._last_grant[ticket.owner] = next(self._grants)
             self._busy += 1
             submission = self.pool.submit(task, priority=-ticket.remaining)

@@ -105,3 +105,17 @@ class LocalPool:
     async def close(self) -> None:
         """Stop the workers, dropping queued batches."""
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+
+
+def make_pool(executor: str, workers: int) -> TaskPool:
+    """The pool an ``executor`` setting names (see `siasync.settings.Settings.executor`)."""
+    if executor == "local":
+        return LocalPool(workers)
+    try:
+        from siasync.dask_pool import DaskPool
+    except ImportError as exc:
+        raise RuntimeError("the Dask executors need the 'distributed' package: pip install 'siasync[dask]'") from exc
+    if executor.startswith("dask://"):
+        return DaskPool(address="tcp://" + executor.removeprefix("dask://"))
+    _, _, count = executor.partition(":")
+    return DaskPool(local_workers=int(count) if count else workers)

@@ -1,8 +1,10 @@
 """The scheduler: turns a job into batches of (field, image) pairs, feeds the pool, registers products.
 
 Pairs are planned lazily, a chunk of fields at a time, in a thread (index lookups
-are CPU work), and at most a few batches per worker are in flight, so a
-10,000-field job holds no more than a window of its work in memory. Each finished
+are CPU work), and each job has at most a few batches per worker planned ahead, so a
+10,000-field job holds no more than a window of its work in memory. The planned
+batches of all running jobs meet in the `siasync.dispatch.Dispatcher`, which decides
+which goes to the pool next (small jobs first, owners in turn). Each finished
 batch is registered in one transaction, its results and table rows together, only
 after the worker has renamed its files into place.
 
@@ -91,11 +93,12 @@ class Progress:
 class Scheduler:
     """Runs queued jobs on a `TaskPool`."""
 
-    def __init__(self, service: JobService, index: ArchiveIndex, pool: TaskPool, max_jobs: int) -> None:
+    def __init__(self, service: JobService, index: ArchiveIndex, pool: TaskPool, max_jobs: int,
+                 policy: str = "fair") -> None:
         self.service = service
         self.index = index
         self.pool = pool
-        self.dispatcher = Dispatcher(pool)
+        self.dispatcher = Dispatcher(pool, policy=policy)
         self.max_jobs = max_jobs
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._cancelled: set[str] = set()
@@ -201,7 +204,8 @@ class Scheduler:
         if rate is None:
             return None
         pairs = self.dispatcher.work_ahead(job_id, remaining) + remaining
-        return max(start or datetime.now(UTC), datetime.now(UTC)) + timedelta(seconds=pairs / (rate * self.pool.workers))
+        now = datetime.now(UTC)
+        return max(start or now, now) + timedelta(seconds=pairs / (rate * self.pool.workers))
 
     async def _stage(self, job: Job) -> None:
         request = staging_request(job)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "SIASYNC_"
+_EXECUTOR = re.compile(r"local|dask-local(:[1-9][0-9]*)?|dask://[^\s/:]+:[0-9]+")
 AUTH_MODES = ("anonymous", "token", "header")
 
 
@@ -37,8 +39,13 @@ class Settings:
     tokens_file: Path | None = None
     #: worker processes that cut (the local process pool, or a dask-local cluster's default)
     workers: int = max(os.cpu_count() or 1, 1)
-    #: jobs staged at once; they share the workers (small jobs first, owners in turn)
+    #: where batches run: ``local`` (a process pool of ``workers``), ``dask-local[:N]`` (a Dask
+    #: LocalCluster of N worker processes, default ``workers``) or ``dask://HOST:PORT`` (a running cluster)
+    executor: str = "local"
+    #: jobs staged at once; they share the workers
     running_jobs: int = 16
+    #: ``fair`` (owners in turn, small jobs first) or ``fifo`` (batches in arrival order)
+    scheduling: str = "fair"
     #: per owner: jobs QUEUED or EXECUTING at once, and the fields in all of them
     owner_active_jobs: int = 20
     owner_queued_fields: int = 100_000
@@ -63,6 +70,10 @@ class Settings:
                      "destruction_max_s", "execution_default_s", "execution_max_s", "wait_max_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.scheduling not in ("fair", "fifo"):
+            raise ValueError(f"scheduling must be fair or fifo, got {self.scheduling!r}")
+        if not _EXECUTOR.fullmatch(self.executor):
+            raise ValueError(f"executor must be local, dask-local[:N] or dask://HOST:PORT, got {self.executor!r}")
         if not (self.max_size_deg > 0 and self.reaper_interval_s > 0):
             raise ValueError("max_size_deg and reaper_interval_s must be positive")
         if self.destruction_default_s > self.destruction_max_s or self.execution_default_s > self.execution_max_s:

@@ -79,9 +79,19 @@ def wait_final(url: str, timeout: float = 60):
     raise AssertionError(f"{url} did not finish")
 
 
+#: the worker backends every end-to-end test runs on: the local process pool and a Dask LocalCluster
+EXECUTORS = ["local", "dask-local:2"]
+
+
+@pytest.fixture(scope="module", params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    """The ``--executor`` of the servers a test starts."""
+    return request.param
+
+
 @pytest.fixture
-def server(tmp_path: Path, demo_archive: Path) -> Iterator[Server]:
-    srv = Server(demo_archive, tmp_path / "state", tmp_path / "server.log").start()
+def server(tmp_path: Path, demo_archive: Path, executor: str) -> Iterator[Server]:
+    srv = Server(demo_archive, tmp_path / "state", tmp_path / "server.log", "--executor", executor).start()
     try:
         yield srv
     finally:
@@ -89,10 +99,10 @@ def server(tmp_path: Path, demo_archive: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def staging(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path) -> Iterator[Server]:
+def staging(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path, executor: str) -> Iterator[Server]:
     """One server with two workers, shared by a module's tests."""
     root = tmp_path_factory.mktemp("staging")
-    srv = Server(demo_archive, root / "state", root / "server.log", "--workers", "2").start()
+    srv = Server(demo_archive, root / "state", root / "server.log", "--workers", "2", "--executor", executor).start()
     try:
         yield srv
     finally:

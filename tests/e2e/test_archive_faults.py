@@ -13,7 +13,7 @@ from cutout.index import ArchiveIndex
 from tests.e2e.conftest import Server, submit, wait_final
 
 
-def test_a_corrupt_parent_is_skipped_with_a_warning(tmp_path: Path, demo_archive: Path) -> None:
+def test_a_corrupt_parent_is_skipped_with_a_warning(tmp_path: Path, demo_archive: Path, executor: str) -> None:
     archive = tmp_path / "archive"
     shutil.copytree(demo_archive / "DEMO-WIDE" / "r", archive / "DEMO-WIDE" / "r")
     index, _ = ArchiveIndex.build(archive)
@@ -21,7 +21,7 @@ def test_a_corrupt_parent_is_skipped_with_a_warning(tmp_path: Path, demo_archive
     victim = next(r for r in index.records if r.path.endswith("t11.fits"))
     path = archive / victim.path
     path.write_bytes(path.read_bytes()[:5760])  # the header survives, the pixels are gone
-    server = Server(archive, tmp_path / "state", tmp_path / "log").start()
+    server = Server(archive, tmp_path / "state", tmp_path / "log", "--executor", executor).start()
     try:
         job = submit(server, POS=["150.1,2.2", "150.0,2.1"], SIZE="0.1", PHASE="RUN")
         final = wait_final(job)

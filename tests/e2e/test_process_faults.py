@@ -28,8 +28,8 @@ def session_members(sid: int) -> list[int]:
     return members
 
 
-def test_workers_exit_when_the_server_is_killed(tmp_path: Path, demo_archive: Path) -> None:
-    server = Server(demo_archive, tmp_path / "state", tmp_path / "log").start()
+def test_workers_exit_when_the_server_is_killed(tmp_path: Path, demo_archive: Path, executor: str) -> None:
+    server = Server(demo_archive, tmp_path / "state", tmp_path / "log", "--executor", executor).start()
     sid = server.process.pid  # the server leads its own session
     try:
         positions = [f"{150.1 + 0.004 * (i % 25)},{2.2 + 0.004 * (i // 25)}" for i in range(150)]
@@ -61,9 +61,10 @@ def small_disk(tmp_path: Path):
 
 
 def test_a_full_disk_moves_the_job_to_error_and_the_server_goes_on(tmp_path: Path, demo_archive: Path,
-                                                                   small_disk: Path) -> None:
+                                                                   small_disk: Path, executor: str) -> None:
     database = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"  # the store stays on a roomy disk
-    server = Server(demo_archive, small_disk, tmp_path / "log", "--database-url", database).start()
+    server = Server(demo_archive, small_disk, tmp_path / "log", "--database-url", database,
+                    "--executor", executor).start()
     try:
         job = submit(server, POS=["150.1,2.2", "150.3,2.4"], SIZE="0.25", PHASE="RUN")
         final = wait_final(job)
@@ -77,3 +78,40 @@ def test_a_full_disk_moves_the_job_to_error_and_the_server_goes_on(tmp_path: Pat
         assert wait_final(submit(server, POS="150.1,2.2", SIZE="0.01", PHASE="RUN")).phase == "COMPLETED"
     finally:
         server.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_killed_mid_job_loses_nothing_and_makes_nothing_twice(server: Server, demo_archive: Path) -> None:
+    from cutout.index import ArchiveIndex
+    from cutout.sky import Field
+
+    positions = [(150.1 + 0.004 * (i % 25), 2.2 + 0.004 * (i // 25)) for i in range(100)]
+    job = submit(server, POS=[f"{ra},{dec}" for ra, dec in positions], SIZE="0.03", PHASE="RUN")
+    deadline = time.monotonic() + 60
+    while httpx.get(job, headers={"Accept": "application/json"}).json()["jobInfo"].get("products", 0) < 10:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # the workers: the server's processes but for multiprocessing's helpers, the resource tracker
+    # and the forkserver (a child of the server; local workers are its children, while Dask's
+    # nannies run inside the server and spawn their workers directly)
+    def helper(pid: int) -> bool:
+        command = (Path("/proc") / str(pid) / "cmdline").read_text()
+        parent = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        return "resource_tracker" in command or ("forkserver" in command and parent == server.process.pid)
+
+    workers = [pid for pid in session_members(server.process.pid) if pid != server.process.pid and not helper(pid)]
+    busiest = max(workers, key=cpu_seconds)
+    os.kill(busiest, signal.SIGKILL)
+    final = wait_final(job, timeout=180)
+    assert final.phase == "COMPLETED"
+    index = ArchiveIndex.load(demo_archive)
+    expected = {f"{i:05d}.{record.id}.fits" for i, (ra, dec) in enumerate(positions)
+                for record in index.lookup(Field(ra, dec, 0.03, 0.03))}
+    ids = [r.id_ for r in final.results if r.id_ != "table"]
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    table = httpx.get(job + "/results/table").text
+    assert table.count("<TR>") == len(expected)

@@ -54,12 +54,12 @@ def test_a_deferred_start_keeps_the_job_queued_until_then(staging: Server) -> No
 def test_the_quote_is_empty_before_any_measurement_then_predicts_completion(staging: Server) -> None:
     # the staging server has run other jobs in this module; a fresh one has measured nothing
     fresh = Server(staging.archive, staging.state_dir.parent / "fresh-state",
-                   staging.log_path.parent / "fresh.log", "--workers", "2").start()
+                   staging.log_path.parent / "fresh.log", *staging.args).start()
     try:
         pending = submit(fresh, POS="150.1,2.2", SIZE="0.01")
         assert info(pending)["quote"] is None
         assert wait_final(submit(fresh, POS=fields(50, 3), SIZE="0.01", PHASE="RUN")).phase == "COMPLETED"
-        job = submit(fresh, POS=fields(1000, 4), SIZE="0.01", COLLECTION="DEMO-WIDE", PHASE="RUN")
+        job = submit(fresh, POS=fields(1000, 4), SIZE="0.01", COLLECTION="DEMO-WIDE", BAND="r", PHASE="RUN")
         deadline = time.monotonic() + 30
         while (doc := info(job))["quote"] is None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -83,3 +83,21 @@ def test_withdrawn_batches_never_reach_the_pool_and_priorities_follow_the_remain
     started, withdrawn = asyncio.run(scenario())
     assert started == [("big", -500), ("small", -5)]
     assert all(withdrawn)
+
+
+def test_the_fifo_policy_sends_batches_in_arrival_order() -> None:
+    async def scenario() -> list[str]:
+        pool = ManualPool()
+        dispatcher = Dispatcher(pool, slots=1, policy="fifo")
+        bulk = dispatcher.open("bulk", "alice", remaining=10_000)
+        for _ in range(4):
+            dispatcher.submit(bulk, batch("bulk"))
+        small = dispatcher.open("small", "bob", remaining=1)
+        dispatcher.submit(small, batch("small"))
+        dispatcher.submit(bulk, batch("bulk"))
+        for _ in range(5):
+            await pool.finish_one()
+        dispatcher.shutdown()
+        return [job for job, _ in pool.started]
+
+    assert asyncio.run(scenario()) == ["bulk"] * 4 + ["small", "bulk"]

@@ -348,7 +348,8 @@ def test_per_owner_limits_refuse_more_work_at_creation_and_at_run(make_client) -
         response = client.post("/async", data={"POS": "150.1,2.2", **deferred}, headers=TOKEN_A,
                                follow_redirects=False)
         assert response.status_code == 400 and "already has 2 jobs queued or executing" in response.text
-        assert client.get("/async", headers={**TOKEN_A, "Accept": "application/json"}).json() == before  # nothing stored
+        # nothing was stored
+        assert client.get("/async", headers={**TOKEN_A, "Accept": "application/json"}).json() == before
         pending = create_job(client, headers=TOKEN_A)  # a PENDING job is not active
         assert post_phase(client, pending, "RUN", TOKEN_A) == 400
         assert phase(client, pending, TOKEN_A) == "PENDING"

@@ -14,7 +14,8 @@ FAULTS = ["1,2,3", "abc,1", "1,", "nan,1", "inf,0", "1e999,0", "360,0", "-0.5,0"
 
 
 def _numbers(rng: random.Random) -> str:
-    ra = rng.choice([f"{rng.uniform(0, 359.9):.6f}", f"{rng.uniform(0, 359.9):.3e}", str(rng.randrange(360)), "0", ".5"])
+    ra = rng.choice([f"{rng.uniform(0, 359.9):.6f}", f"{rng.uniform(0, 359.9):.3e}", str(rng.randrange(360)),
+                     "0", ".5"])
     dec = rng.choice([f"{rng.uniform(-90, 90):.6f}", f"{rng.uniform(-90, 90):.2E}", "+90", "-90", "-0."])
     pad = rng.choice(["", " ", "\t", "  "])
     return f"{pad}{ra}{pad},{rng.choice(['', ' '])}{dec}{pad}"
