@@ -20,6 +20,8 @@ def test_environment_then_overrides() -> None:
     assert settings.max_size_deg == 0.5 and settings.auth == "header"
     assert settings.database == "sqlite+aiosqlite:////srv/state/siasync.db"
     assert Settings.from_env(env, database_url="postgresql+asyncpg://db/siasync").database.startswith("postgresql")
+    for executor in ("local", "dask-local", "dask-local:4", "dask://scheduler.example.org:8786"):
+        assert Settings.from_env({"SIASYNC_EXECUTOR": executor}).executor == executor
 
 
 @pytest.mark.parametrize("env,message", [
@@ -27,6 +29,11 @@ def test_environment_then_overrides() -> None:
     ({"SIASYNC_AUTH": "kerberos"}, "auth must be one of"),
     ({"SIASYNC_AUTH": "token"}, "tokens_file"),
     ({"SIASYNC_WORKERS": "0"}, "workers must be positive"),
+    ({"SIASYNC_OWNER_ACTIVE_JOBS": "0"}, "owner_active_jobs must be positive"),
+    ({"SIASYNC_SCHEDULING": "lottery"}, "scheduling must be fair or fifo"),
+    ({"SIASYNC_EXECUTOR": "dask"}, "executor must be local"),
+    ({"SIASYNC_EXECUTOR": "dask-local:0"}, "executor must be local"),
+    ({"SIASYNC_EXECUTOR": "dask://scheduler"}, "executor must be local"),
     ({"SIASYNC_DESTRUCTION_DEFAULT_S": "999999999"}, "a default may not exceed its maximum"),
 ])
 def test_bad_settings_are_refused(env: dict, message: str) -> None:
@@ -46,3 +53,16 @@ def test_token_file_and_authenticator(tmp_path: Path) -> None:
     tokens.write_text("only-one-field\n")
     with pytest.raises(ValueError, match="TOKEN OWNER"):
         read_tokens(tokens)
+
+
+def test_each_executor_setting_makes_its_pool() -> None:
+    from siasync.dask_pool import DaskPool
+    from siasync.pool import LocalPool, make_pool
+
+    local = make_pool("local", 3)
+    assert isinstance(local, LocalPool) and local.workers == 3
+    for executor, address, workers in (("dask-local", None, 5), ("dask-local:2", None, 2),
+                                       # a running cluster's threads are counted when it is connected
+                                       ("dask://sched.example.org:8786", "tcp://sched.example.org:8786", 1)):
+        pool = make_pool(executor, 5)
+        assert isinstance(pool, DaskPool) and (pool.address, pool.workers) == (address, workers)
