@@ -19,8 +19,10 @@ The same order is passed to the pool as a priority, which a Dask cluster honours
 With ``policy="fifo"`` batches go out in the order the jobs planned them instead, as a
 plain shared queue would do (the baseline of bench/staging_bench.py).
 
-The dispatcher also measures throughput: products per second per worker, as a moving
-average over the last `WINDOW` batches, from the time each batch took on its worker.
+The dispatcher also measures throughput: (field, image) pairs per second per worker (a
+pair is one product for FITS, two for ``ALL``), as a moving average over the last
+`WINDOW` batches, from the time each batch took on its worker. Costs and quotes are
+counted in pairs too.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Ticket:
 
 
 class Throughput:
-    """Products per second per worker, over the last `WINDOW` batches (None before any)."""
+    """Pairs per second per worker, over the last `WINDOW` batches (None before any)."""
 
     def __init__(self) -> None:
         self._batches: deque[tuple[int, float]] = deque(maxlen=WINDOW)
@@ -60,7 +62,7 @@ class Throughput:
     def record(self, outcomes: list[PairOutcome]) -> None:
         seconds = sum(o.seconds for o in outcomes)
         if seconds > 0:
-            self._batches.append((sum(max(1, len(o.products)) for o in outcomes), seconds))
+            self._batches.append((len(outcomes), seconds))
 
     def per_worker(self) -> float | None:
         seconds = sum(s for _, s in self._batches)

@@ -63,7 +63,7 @@ def test_owners_take_turns_small_jobs_go_first_and_the_bulk_job_still_moves() ->
     alice = [job for job in order if job != "other"]
     expected = ["bulk" if (i + 1) % AGING == 0 else "small" for i in range(1, 14)]
     assert alice[1:14] == expected
-    assert rate == pytest.approx(100.0)  # one product in 0.01 s of worker time
+    assert rate == pytest.approx(100.0)  # one pair in 0.01 s of worker time
 
 
 def test_withdrawn_batches_never_reach_the_pool_and_priorities_follow_the_remaining_work() -> None:
