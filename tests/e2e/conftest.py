@@ -69,6 +69,19 @@ def submit(server: Server, **data: object) -> str:
     return server.url + response.headers["location"]
 
 
+def assert_each_pair_once(final, archive: Path, positions: list[tuple[float, float]], size: float) -> list[str]:
+    """The job listed one FITS product per (field, image) pair of the archive lookup, none twice; its ids."""
+    from cutout.index import ArchiveIndex
+    from cutout.sky import Field
+
+    index = ArchiveIndex.load(archive)
+    expected = {f"{i:05d}.{record.id}.fits" for i, (ra, dec) in enumerate(positions)
+                for record in index.lookup(Field(ra, dec, size, size))}
+    ids = [r.id_ for r in final.results if r.id_ != "table"]
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    return ids
+
+
 def wait_final(url: str, timeout: float = 60):
     """Block with UWS WAIT until the job is in a final phase; return the job as pyvo parses it."""
     deadline = time.monotonic() + timeout

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, submit, wait_final
+from tests.e2e.conftest import Server, assert_each_pair_once, submit, wait_final
 
 
 def session_members(sid: int) -> list[int]:
@@ -86,9 +86,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_a_worker_killed_mid_job_loses_nothing_and_makes_nothing_twice(server: Server, demo_archive: Path) -> None:
-    from cutout.index import ArchiveIndex
-    from cutout.sky import Field
-
     positions = [(150.1 + 0.004 * (i % 25), 2.2 + 0.004 * (i // 25)) for i in range(100)]
     job = submit(server, POS=[f"{ra},{dec}" for ra, dec in positions], SIZE="0.03", PHASE="RUN")
     deadline = time.monotonic() + 60
@@ -108,10 +105,5 @@ def test_a_worker_killed_mid_job_loses_nothing_and_makes_nothing_twice(server: S
     os.kill(busiest, signal.SIGKILL)
     final = wait_final(job, timeout=180)
     assert final.phase == "COMPLETED"
-    index = ArchiveIndex.load(demo_archive)
-    expected = {f"{i:05d}.{record.id}.fits" for i, (ra, dec) in enumerate(positions)
-                for record in index.lookup(Field(ra, dec, 0.03, 0.03))}
-    ids = [r.id_ for r in final.results if r.id_ != "table"]
-    assert len(ids) == len(set(ids)) and set(ids) == expected
-    table = httpx.get(job + "/results/table").text
-    assert table.count("<TR>") == len(expected)
+    ids = assert_each_pair_once(final, demo_archive, positions, 0.03)
+    assert httpx.get(job + "/results/table").text.count("<TR>") == len(ids)

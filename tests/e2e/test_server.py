@@ -13,7 +13,7 @@ from astropy.time import Time
 from pyvo.dal import AsyncTAPJob
 from pyvo.io.uws import parse_job
 
-from tests.e2e.conftest import Server, submit, wait_final
+from tests.e2e.conftest import Server, assert_each_pair_once, submit, wait_final
 
 
 def create(server: Server, **params: object) -> str:
@@ -75,9 +75,6 @@ def test_a_queued_job_survives_a_kill_and_runs_after_restart(server: Server) -> 
 
 
 def test_an_executing_job_resumes_after_sigkill_with_each_product_once(server: Server, demo_archive) -> None:
-    from cutout.index import ArchiveIndex
-    from cutout.sky import Field
-
     positions = [(150.1 + 0.004 * (i % 25), 2.2 + 0.004 * (i // 25)) for i in range(150)]
     job = create(server, POS=[f"{ra},{dec}" for ra, dec in positions], SIZE="0.03", PHASE="RUN")
     deadline = time.monotonic() + 60
@@ -88,11 +85,7 @@ def test_an_executing_job_resumes_after_sigkill_with_each_product_once(server: S
     server.start()
     final = wait_final(job, timeout=120)
     assert final.phase == "COMPLETED"
-    index = ArchiveIndex.load(demo_archive)
-    expected = {f"{i:05d}.{record.id}.fits" for i, (ra, dec) in enumerate(positions)
-                for record in index.lookup(Field(ra, dec, 0.03, 0.03))}
-    ids = [r.id_ for r in final.results if r.id_ != "table"]
-    assert len(ids) == len(set(ids)) and set(ids) == expected
+    ids = assert_each_pair_once(final, demo_archive, positions, 0.03)
     directory = server.state_dir / "results" / job.rsplit("/", 1)[-1]
     assert {p.name for p in directory.iterdir()} == set(ids)  # no temporary or orphan file is left
     for path in directory.iterdir():  # every file opens
