@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cutout.index import ArchiveIndex
-from cutout.sky import Intersect
+from cutout.sky import Field, Intersect
 from siasync.documents import JobDocuments
 from siasync.errors import NotFound, PermissionDenied, UsageError
 from siasync.params import (Limits, RawParams, StagingRequest, clamp_destruction, clamp_duration,
@@ -294,8 +294,8 @@ def estimate_cost(index: ArchiveIndex, request: StagingRequest, sample: int = 64
         return 0
     picked = range(n) if n <= sample else [round(i * (n - 1) / (sample - 1)) for i in range(sample)]
     mode = Intersect(request.intersect)
-    matches = sum(len(index.lookup(request.fields(i, i + 1)[0], mode, request.collections, request.bands))
-                  for i in picked)
+    matches = sum(len(index.lookup(Field(*request.positions[i], *request.size), mode, request.collections,
+                                   request.bands)) for i in picked)
     return round(matches * n / len(picked))
 
 
