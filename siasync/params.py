@@ -10,10 +10,12 @@ ordered list of ``(NAME, value)`` pairs, and `parse_job` turns that list into a
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any
 
 from cutout.sky import Field, Intersect
@@ -79,7 +81,7 @@ class StagingRequest:
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> StagingRequest:
         """Inverse of `to_spec`."""
-        return cls(positions=tuple(tuple(p) for p in spec["positions"]), size=tuple(spec["size"]),
+        return cls(positions=tuple(map(tuple, spec["positions"])), size=tuple(spec["size"]),
                    format=spec["format"], intersect=spec["intersect"],
                    collections=tuple(spec["collections"]), bands=tuple(spec["bands"]))
 
@@ -188,15 +190,21 @@ def parse_positions(values: Iterable[str]) -> tuple[tuple[float, float], ...]:
     `parse_number` (``nan``, ``inf``, ``1_0``), so those are ruled out before or after;
     a list with any fault in it goes line by line, to name the faulty value.
     """
-    lines = [p for v in values for p in _SEPARATORS.split(v) if p.strip()]
-    if all(line.count(",") == 1 and "_" not in line for line in lines):
+    text = "\n".join(values)
+    if ";" in text or "\r" in text:
+        text = _SEPARATORS.sub("\n", text)
+    lines = [line for line in text.split("\n") if line and not line.isspace()]
+    joined = ",".join(lines)
+    # one comma in every line, and no more commas than that and the joins
+    if (lines and joined.count(",") == 2 * len(lines) - 1 and "_" not in joined
+            and all(map(operator.contains, lines, repeat(",")))):
         try:
-            numbers = [float(x) for x in ",".join(lines).split(",")]
+            numbers = list(map(float, joined.split(",")))
         except ValueError:
             numbers = [math.nan]
         ra, dec = numbers[0::2], numbers[1::2]
-        if (all(map(math.isfinite, numbers)) and all(0.0 <= r < 360.0 for r in ra)
-                and all(-90.0 <= d <= 90.0 for d in dec)):
+        if (all(map(math.isfinite, numbers)) and 0.0 <= min(ra) and max(ra) < 360.0
+                and -90.0 <= min(dec) and max(dec) <= 90.0):
             return tuple(zip(ra, dec, strict=True))
     return tuple(parse_pos(p) for p in lines)
 

@@ -214,7 +214,9 @@ class Scheduler:
         outstanding: dict[int, int] = {}  # field index -> batches of it still in flight
         planned_to = -1  # every field up to here has been planned
         in_flight: dict[asyncio.Future, tuple[BatchTask, int]] = {}
-        limit = 4 * self.pool.workers
+        # one batch until the first results are registered: planning and cutting more would
+        # take CPU from that batch just when the client is waiting for its first image
+        limit = 1
         batches = self._batches(job, request, progress)
         exhausted = False
         fatal: str | None = None
@@ -234,8 +236,9 @@ class Scheduler:
                 planned_to = batch.pairs[-1].field_index - 1
 
         ticket = self.dispatcher.open(job.id, job.owner, max(0, job.info.get("cost", 0) - progress.pairs))
-        await self.service.store.update(job.id, quote=self.quote(job.id, ticket.remaining))
         try:
+            await refill()  # the first batches go out before anything is written
+            await self.service.store.update(job.id, quote=self.quote(job.id, ticket.remaining))
             while True:
                 await refill()
                 if job.id in self._cancelled or fatal:
@@ -254,10 +257,12 @@ class Scheduler:
                             continue
                         fatal = fatal or "a worker died repeatedly on this job's data"
                         completed.append((batch, []))
-                await refill()  # before registering, so that workers never wait on the store
+                if limit > 1 and len(in_flight) < self.pool.workers:
+                    await refill()  # workers would otherwise wait while the store is written
                 for batch, _ in completed:
                     _release(outstanding, batch)
                 fatal = await self._register(job.id, completed, progress) or fatal
+                limit = 4 * self.pool.workers
                 if exhausted:
                     planned_to = len(request.positions) - 1
                 progress.fields_done = (min(outstanding) if outstanding else planned_to + 1)
