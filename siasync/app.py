@@ -43,7 +43,8 @@ def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
                   max_fields=settings.max_fields, max_size_deg=settings.max_size_deg,
                   destruction_default_s=settings.destruction_default_s, destruction_max_s=settings.destruction_max_s,
                   execution_default_s=settings.execution_default_s, execution_max_s=settings.execution_max_s,
-                  owner_active_jobs=settings.owner_active_jobs, owner_queued_fields=settings.owner_queued_fields)
+                  owner_active_jobs=settings.owner_active_jobs, owner_queued_fields=settings.owner_queued_fields,
+                  upload_urls=settings.upload_urls)
 
 
 async def _reaper(service: JobService, interval: float) -> None:

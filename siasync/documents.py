@@ -59,14 +59,15 @@ class JobDocuments:
     async def xml(self, job: Job, base: str) -> bytes:
         """The UWS XML of the job."""
         async def render() -> bytes:
-            return job_xml(job, await self._results_xml(job, base))
+            return job_xml(job, await self._results_xml(job, base), base)
         return await self._get(job, base, "xml", render)
 
     async def json(self, job: Job, base: str) -> bytes:
         """The JSON form of the job, encoded."""
         async def render() -> bytes:
             table = [result_json(job.id, TABLE_RESULT, base)] if job.start_time is not None else []
-            return msgspec.json.encode(job_json(job, table + await self._listed(job.id, base, "json", result_json)))
+            return msgspec.json.encode(job_json(job, table + await self._listed(job.id, base, "json", result_json),
+                                                base))
         return await self._get(job, base, "json", render)
 
     async def results(self, job: Job, base: str) -> bytes:

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 from cutout.index import ArchiveIndex
-from cutout.sky import Field, Intersect
+from cutout.sky import Intersect
 from siasync.documents import JobDocuments
 from siasync.errors import NotFound, PermissionDenied, UsageError
-from siasync.params import (Limits, RawParams, StagingRequest, clamp_destruction, clamp_duration,
+from siasync.params import (JobControl, Limits, RawParams, StagingRequest, clamp_destruction, clamp_duration,
                             parse_choice, parse_int, parse_job, parse_time)
+from siasync.uploads import Upload, resolve
 from storage.files import ResultFiles
 from storage.jobs import Job, JobStore, Result
 
@@ -138,9 +139,16 @@ class JobService:
 
     # -- changing -----------------------------------------------------------------------
 
-    async def create(self, owner: str, raw: RawParams) -> Job:
-        """Validate the parameters and store a new job (queued at once with PHASE=RUN)."""
-        request, control = parse_job(raw, self.limits)
+    async def create(self, owner: str, raw: RawParams, parts: Mapping[str, tuple[str, bytes]] | None = None) -> Job:
+        """Validate the parameters and store a new job (queued at once with PHASE=RUN).
+
+        ``parts`` are the request's multipart file parts, (content type, bytes) by name:
+        the tables that UPLOAD values refer to, and an inline upload named UPLOAD.
+        """
+        parts = parts or {}
+        raw = raw + [("UPLOAD", f"upload,param:{name}") for name in parts if name.upper() == "UPLOAD"]
+        uploads = await resolve([v for n, v in raw if n == "UPLOAD"], parts, self.limits.upload_urls)
+        request, control = await self._parse(raw, uploads)
         if control.run:  # refused before anything is stored
             await self._check_owner_limits(owner, len(request.positions))
         info = await self._sizes(request)
@@ -151,7 +159,7 @@ class JobService:
                   execution_duration=control.execution_duration, destruction=control.destruction, quote=None,
                   start_after=control.start, error_type=None, error_message=None,
                   parameters=[list(p) for p in raw if p[0] != "PHASE"], spec=request.to_spec(), info=info)
-        await self.store.create(job)
+        await self.store.create(job, [(u.name, u.mime_type, u.data) for u in uploads])
         if control.run and self.executor is not None:
             self.executor.submit(job.id)
         return job
@@ -216,14 +224,26 @@ class JobService:
         if not await self.store.update(job_id, in_phases=RUNNABLE, execution_duration=seconds):
             raise PermissionDenied(f"cannot change the execution duration of job {job_id} in phase {job.phase}")
 
-    async def set_parameters(self, job_id: str, owner: str, raw: RawParams) -> None:
-        """Replace the values of the given parameters while the job is PENDING."""
+    async def set_parameters(self, job_id: str, owner: str, raw: RawParams,
+                             parts: Mapping[str, tuple[str, bytes]] | None = None) -> None:
+        """Replace the values of the given parameters while the job is PENDING.
+
+        New UPLOAD values (or an inline upload) replace every table the job had.
+        """
         job = await self.get(job_id, owner)
         if job.phase not in RUNNABLE:
             raise PermissionDenied(f"cannot change the parameters of job {job_id} in phase {job.phase}")
+        parts = parts or {}
+        raw = raw + [("UPLOAD", f"upload,param:{name}") for name in parts if name.upper() == "UPLOAD"]
         names = {name for name, _ in raw}
         merged = [tuple(p) for p in job.parameters if p[0] not in names] + list(raw)
-        request, control = parse_job(merged, self.limits)
+        if "UPLOAD" in names:
+            uploads = await resolve([v for n, v in raw if n == "UPLOAD"], parts, self.limits.upload_urls)
+        else:  # the tables stay: read them back in the order the job named them
+            stored = {name: (mime, data) for name, mime, data in await self.store.uploads(job_id)}
+            uploads = await resolve([f"{n},param:{n}" for n in (v.partition(",")[0].strip() for k, v in merged
+                                                                   if k == "UPLOAD")], stored, ())
+        request, control = await self._parse(merged, uploads)
         info = {**job.info, **await self._sizes(request)}
         updated = await self.store.update(
             job_id, in_phases=RUNNABLE, parameters=[list(p) for p in merged], spec=request.to_spec(),
@@ -232,6 +252,22 @@ class JobService:
             **({"execution_duration": control.execution_duration} if "EXECUTIONDURATION" in names else {}))
         if not updated:
             raise PermissionDenied(f"job {job_id} left phase PENDING")
+        if "UPLOAD" in names:
+            await self.store.replace_uploads(job_id, [(u.name, u.mime_type, u.data) for u in uploads])
+
+    async def _parse(self, raw: RawParams, uploads: list[Upload]) -> tuple[StagingRequest, JobControl]:
+        """`parse_job`, off the event loop when there are tables to read."""
+        if not uploads:
+            return parse_job(raw, self.limits)
+        return await asyncio.to_thread(parse_job, raw, self.limits, None, uploads)
+
+    async def upload(self, job_id: str, owner: str, name: str) -> tuple[str, bytes]:
+        """An uploaded table of the job, as received: (MIME type, bytes)."""
+        await self.get(job_id, owner)
+        found = await self.store.uploads(job_id, name)
+        if not found:
+            raise NotFound(f"job {job_id} has no uploaded table {name!r}")
+        return found[0][1], found[0][2]
 
     # -- the executor's side -------------------------------------------------------------
 
@@ -296,8 +332,7 @@ def estimate_cost(index: ArchiveIndex, request: StagingRequest, sample: int = 16
         return 0
     picked = range(n) if n <= sample else [round(i * (n - 1) / (sample - 1)) for i in range(sample)]
     mode = Intersect(request.intersect)
-    matches = sum(len(index.lookup(Field(*request.positions[i], *request.size), mode, request.collections,
-                                   request.bands)) for i in picked)
+    matches = sum(len(index.lookup(request.field(i), mode, request.collections, request.bands)) for i in picked)
     return round(matches * n / len(picked))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
@@ -20,6 +20,7 @@ from typing import Any
 
 from cutout.sky import Field, Intersect
 from siasync.errors import UsageError
+from siasync.uploads import Upload, read_fields
 
 #: FORMAT values and the products each makes per (field, image)
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -51,6 +52,8 @@ class Limits:
     execution_max_s: int
     owner_active_jobs: int = 20
     owner_queued_fields: int = 100_000
+    #: URL prefixes an UPLOAD may be fetched from (none: uploads come in the request)
+    upload_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,27 @@ class StagingRequest:
     """What a job stages: fields (POS x SIZE), matching rules and products."""
 
     positions: tuple[tuple[float, float], ...]
-    size: tuple[float, float]
+    #: SIZE, for every field without a size of its own (None: every field has one)
+    size: tuple[float, float] | None
     format: str = "image/fits"
     intersect: str = Intersect.OVERLAPS.value
     collections: tuple[str, ...] = ()
     bands: tuple[str, ...] = ()
+    #: each field's own (square) size from an upload's size column, None where it has none;
+    #: empty when no field has one
+    sizes: tuple[float | None, ...] = ()
 
     def fields(self, start: int = 0, stop: int | None = None) -> list[Field]:
-        """One `Field` per POS (from ``start`` to ``stop``), each with the SIZE."""
-        return [Field(ra, dec, *self.size) for ra, dec in self.positions[start:stop]]
+        """One `Field` per position (from ``start`` to ``stop``), each with its size."""
+        if not self.sizes:
+            return [Field(ra, dec, *self.size) for ra, dec in self.positions[start:stop]]
+        return [Field(ra, dec, *((s, s) if s is not None else self.size))
+                for (ra, dec), s in zip(self.positions[start:stop], self.sizes[start:stop], strict=True)]
+
+    def field(self, index: int) -> Field:
+        """The field of position ``index``."""
+        own = self.sizes[index] if self.sizes else None
+        return Field(*self.positions[index], *((own, own) if own is not None else self.size))
 
     @property
     def products(self) -> tuple[str, ...]:
@@ -75,15 +90,16 @@ class StagingRequest:
 
     def to_spec(self) -> dict[str, Any]:
         """Plain JSON-able data, as stored and as sent to workers."""
-        return {"positions": [list(p) for p in self.positions], "size": list(self.size), "format": self.format,
-                "intersect": self.intersect, "collections": list(self.collections), "bands": list(self.bands)}
+        return {"positions": [list(p) for p in self.positions], "size": self.size and list(self.size),
+                "format": self.format, "intersect": self.intersect, "collections": list(self.collections),
+                "bands": list(self.bands), "sizes": list(self.sizes)}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> StagingRequest:
         """Inverse of `to_spec`."""
-        return cls(positions=tuple(map(tuple, spec["positions"])), size=tuple(spec["size"]),
-                   format=spec["format"], intersect=spec["intersect"],
-                   collections=tuple(spec["collections"]), bands=tuple(spec["bands"]))
+        return cls(positions=tuple(map(tuple, spec["positions"])), size=spec["size"] and tuple(spec["size"]),
+                   format=spec["format"], intersect=spec["intersect"], collections=tuple(spec["collections"]),
+                   bands=tuple(spec["bands"]), sizes=tuple(spec.get("sizes", ())))
 
 
 @dataclass(frozen=True)
@@ -102,8 +118,11 @@ def gather(*sources: Iterable[tuple[str, str]]) -> RawParams:
     return [(str(name).upper(), str(value)) for source in sources for name, value in source]
 
 
-def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None) -> tuple[StagingRequest, JobControl]:
-    """Validate a job's parameters.
+def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None,
+              uploads: Sequence[Upload] = ()) -> tuple[StagingRequest, JobControl]:
+    """Validate a job's parameters; ``uploads`` are the tables its UPLOAD values name, resolved.
+
+    The fields are the POS positions, then each uploaded table's rows in order.
 
     Raises
     ------
@@ -114,22 +133,28 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None) -> tu
     values: dict[str, list[str]] = {}
     for name, value in raw:
         values.setdefault(name, []).append(value)
-    if "UPLOAD" in values:
-        raise UsageError("UPLOAD", "position uploads are not supported yet; give each field as a POS value")
     for name in _SINGLE:
         if len(values.get(name, [])) > 1:
             raise UsageError(name, f"given {len(values[name])} times; give it once")
-    positions = parse_positions(values.get("POS", []))
+    positions = list(parse_positions(values.get("POS", [])))
+    sizes: list[float | None] = [None] * len(positions)
+    for upload in uploads:
+        table = read_fields(upload, limits.max_size_deg, limits.max_fields)
+        positions += table.positions
+        sizes += table.sizes
     if not positions:
-        raise UsageError("POS", "required: give at least one POS=ra,dec (ICRS degrees)")
+        raise UsageError("POS", "required: give at least one POS=ra,dec (ICRS degrees), or an UPLOAD table")
     if len(positions) > limits.max_fields:
-        raise UsageError("POS", f"{len(positions)} fields exceed the limit of {limits.max_fields}")
+        raise UsageError("UPLOAD" if uploads else "POS",
+                         f"{len(positions)} fields exceed the limit of {limits.max_fields}")
     one = {name: values[name][0] for name in _SINGLE if name in values}
-    if "SIZE" not in one:
-        raise UsageError("SIZE", "required: give SIZE=s or SIZE=w,h in degrees")
+    if "SIZE" not in one and None in sizes:
+        raise UsageError("SIZE", "required: give SIZE=s or SIZE=w,h in degrees"
+                         + (" (or a size for every row of the upload)" if uploads else ""))
     request = StagingRequest(
-        positions=positions,
-        size=parse_size(one["SIZE"], limits.max_size_deg),
+        positions=tuple(positions),
+        size=parse_size(one["SIZE"], limits.max_size_deg) if "SIZE" in one else None,
+        sizes=tuple(sizes) if any(s is not None for s in sizes) else (),
         format=parse_format(one.get("FORMAT", "image/fits")),
         intersect=parse_choice("INTERSECT", one.get("INTERSECT", "OVERLAPS"), [m.value for m in Intersect]),
         collections=parse_members("COLLECTION", values.get("COLLECTION", []), limits.collections),
@@ -289,4 +314,4 @@ def clamp_destruction(instant: datetime, limits: Limits, now: datetime) -> datet
 #: parameters that may be given at most once
 _SINGLE = ("SIZE", "FORMAT", "INTERSECT", "RUNID", "EXECUTIONDURATION", "DESTRUCTION", "START", "PHASE")
 #: every parameter a job accepts (POS, COLLECTION and BAND repeat)
-JOB_PARAMETERS = ("POS", *_SINGLE, "COLLECTION", "BAND")
+JOB_PARAMETERS = ("POS", *_SINGLE, "COLLECTION", "BAND", "UPLOAD")

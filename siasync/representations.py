@@ -88,13 +88,21 @@ def result_json(job_id: str, r: Result, base: str) -> dict[str, Any]:
             "size": r.size if r.size >= 0 else None, "mime-type": r.mime_type}
 
 
-def _fill_parameters(container: ET.Element, job: Job) -> ET.Element:
+def upload_url(base: str, job_id: str, value: str) -> str:
+    """Where the table of an UPLOAD value (``name,URI``) can be read back from this service."""
+    return f"{base}/async/{job_id}/parameters/{value.partition(',')[0].strip()}"
+
+
+def _fill_parameters(container: ET.Element, job: Job, base: str) -> ET.Element:
     for name, value in job.parameters:
-        _el(container, "parameter", value, id=name.lower())
+        if name == "UPLOAD":
+            _el(container, "parameter", upload_url(base, job.id, value), id="upload", byReference="true")
+        else:
+            _el(container, "parameter", value, id=name.lower())
     return container
 
 
-def job_xml(job: Job, results: str) -> bytes:
+def job_xml(job: Job, results: str, base: str) -> bytes:
     """The UWS job document; ``results`` are its `result_xml` elements, joined."""
     # xlink is used only by the results spliced in as text, so ElementTree would not declare it
     root = ET.Element(f"{{{UWS}}}job", {"version": "1.1", "xmlns:xlink": XLINK})
@@ -109,7 +117,7 @@ def job_xml(job: Job, results: str) -> bytes:
     _el(root, "endTime", iso(job.end_time), nil=job.end_time is None)
     _el(root, "executionDuration", str(job.execution_duration))
     _el(root, "destruction", iso(job.destruction))
-    _fill_parameters(_el(root, "parameters"), job)
+    _fill_parameters(_el(root, "parameters"), job, base)
     _el(root, "results")  # filled in as text below
     if job.error_message:
         summary = _el(root, "errorSummary", type=job.error_type or "fatal", hasDetail="true")
@@ -127,9 +135,9 @@ def results_xml(results: str) -> bytes:
             f"{results}</uws:results>").encode()
 
 
-def parameters_xml(job: Job) -> bytes:
+def parameters_xml(job: Job, base: str) -> bytes:
     """The UWS parameters list."""
-    return _document(_fill_parameters(ET.Element(f"{{{UWS}}}parameters"), job))
+    return _document(_fill_parameters(ET.Element(f"{{{UWS}}}parameters"), job, base))
 
 
 def job_info(job: Job) -> dict[str, Any]:
@@ -147,14 +155,15 @@ def job_info(job: Job) -> dict[str, Any]:
     return info
 
 
-def job_json(job: Job, results: list[dict[str, Any]]) -> dict[str, Any]:
+def job_json(job: Job, results: list[dict[str, Any]], base: str) -> dict[str, Any]:
     """The job as JSON (same content as the XML); ``results`` are its `result_json` items."""
     return {
         "jobId": job.id, "runId": job.run_id, "ownerId": job.owner, "phase": job.phase,
         "quote": iso(job.quote) or None, "creationTime": iso(job.creation_time),
         "startTime": iso(job.start_time) or None, "endTime": iso(job.end_time) or None,
         "executionDuration": job.execution_duration, "destruction": iso(job.destruction),
-        "parameters": [{"id": n.lower(), "value": v} for n, v in job.parameters],
+        "parameters": [{"id": "upload", "value": upload_url(base, job.id, v), "byReference": True} if n == "UPLOAD"
+                       else {"id": n.lower(), "value": v} for n, v in job.parameters],
         "results": results,
         "errorSummary": {"type": job.error_type, "message": job.error_message} if job.error_message else None,
         "jobInfo": job_info(job),

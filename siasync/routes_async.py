@@ -14,7 +14,7 @@ from siasync.jobs import PHASES, JobService
 from siasync.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml
 from siasync.settings import Settings
 from siasync.table import table_response
-from siasync.web import JSON, XML, base_url, one, preferred, raw_params, represent, see_other, text
+from siasync.web import JSON, XML, base_url, job_input, one, preferred, raw_params, represent, see_other, text
 
 JOB = "/{job_id:str}"
 Service = NamedDependency[JobService]
@@ -54,7 +54,7 @@ class AsyncJobs(Controller):
 
     @post("/", summary="Create a job", status_code=303)
     async def create_job(self, request: Request, service: Service, owner: Owner) -> Response:
-        job = await service.create(owner, await raw_params(request))
+        job = await service.create(owner, *await job_input(request))
         return see_other(f"/async/{job.id}")
 
     @get(JOB, summary="The job (WAIT and PHASE for blocking)")
@@ -145,12 +145,19 @@ class AsyncJobs(Controller):
         return text((await service.get(job_id, owner)).owner)
 
     @get(JOB + "/parameters", summary="The parameters")
-    async def get_parameters(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
-        return Response(parameters_xml(await service.get(job_id, owner)), media_type="application/xml")
+    async def get_parameters(self, request: Request, service: Service, settings: Config, owner: Owner,
+                             job_id: FromPath[str]) -> Response:
+        job = await service.get(job_id, owner)
+        return Response(parameters_xml(job, base_url(request, settings.public_url)), media_type="application/xml")
+
+    @get(JOB + "/parameters/{name:str}", summary="An uploaded table, as received")
+    async def get_upload(self, service: Service, owner: Owner, job_id: FromPath[str], name: FromPath[str]) -> Response:
+        mime_type, data = await service.upload(job_id, owner, name)
+        return Response(data, media_type=mime_type)
 
     @post(JOB + "/parameters", summary="Change parameters while PENDING", status_code=303)
     async def set_parameters(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
-        await service.set_parameters(job_id, owner, await raw_params(request))
+        await service.set_parameters(job_id, owner, *await job_input(request))
         return see_other(f"/async/{job_id}")
 
     @get(JOB + "/results", summary="The results so far")

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "SIASYNC_"
 _EXECUTOR = re.compile(r"local|dask-local(:[1-9][0-9]*)?|dask://[^\s/:]+:[0-9]+")
@@ -49,7 +50,11 @@ class Settings:
     #: per owner: jobs QUEUED or EXECUTING at once, and the fields in all of them
     owner_active_jobs: int = 20
     owner_queued_fields: int = 100_000
-    max_fields: int = 10_000
+    #: fields of one job: POS values and upload rows together
+    max_fields: int = 100_000
+    #: URL prefixes (scheme, host and a path from its first ``/``) that UPLOAD may fetch from;
+    #: none by default, so that the service never fetches an address a client chose
+    upload_urls: tuple[str, ...] = ()
     max_size_deg: float = 2.0
     max_body_bytes: int = 16 * 1024 * 1024
     destruction_default_s: int = 7 * 86400
@@ -76,6 +81,11 @@ class Settings:
             raise ValueError(f"executor must be local, dask-local[:N] or dask://HOST:PORT, got {self.executor!r}")
         if not (self.max_size_deg > 0 and self.reaper_interval_s > 0):
             raise ValueError("max_size_deg and reaper_interval_s must be positive")
+        for prefix in self.upload_urls:
+            url = urlsplit(prefix)
+            if url.scheme not in ("http", "https") or not url.netloc or not url.path.startswith("/"):
+                raise ValueError(f"upload_urls: {prefix!r} must be an http(s) URL with a path, e.g. "
+                                 "https://data.example.org/lists/ (a bare host would also match longer host names)")
         if self.destruction_default_s > self.destruction_max_s or self.execution_default_s > self.execution_max_s:
             raise ValueError("a default may not exceed its maximum")
 
@@ -111,6 +121,8 @@ def _convert(name: str, hint: Any, raw: str) -> Any:
             return int(raw)
         if hint is float:
             return float(raw)
+        if "tuple" in text:  # a list: separated by commas or spaces
+            return tuple(raw.replace(",", " ").split())
     except ValueError as exc:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from exc
     return raw or None if "None" in text else raw

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.response import Redirect, Template
 
-from siasync.params import RawParams, gather
+from siasync.params import JOB_PARAMETERS, RawParams, gather
 
 XML = "application/xml"
 HTML = "text/html"
@@ -37,16 +37,29 @@ def preferred(request: Request) -> str:
 
 async def raw_params(request: Request) -> RawParams:
     """Parameters from the query string and a form-encoded or multipart body."""
+    return (await job_input(request))[0]
+
+
+async def job_input(request: Request) -> tuple[RawParams, dict[str, tuple[str, bytes]]]:
+    """The parameters, and the multipart file parts by name: (content type, bytes).
+
+    A file part named like a job parameter other than UPLOAD (``-F POS=@list.txt``)
+    is that parameter's value; the others are tables for UPLOAD.
+    """
     form: list[tuple[str, str]] = []
+    parts: dict[str, tuple[str, bytes]] = {}
     content_type = request.headers.get("content-type", "")
     if request.method == "POST" and ("form" in content_type):
         data = await request.form()
         for name, value in data.multi_items():
             if isinstance(value, str):
-                form.append((name, value))
-            else:  # an uploaded file part: its text is the value
+                if value or name.upper() != "UPLOAD":  # a browser's file input left empty sends UPLOAD=""
+                    form.append((name, value))
+            elif name.upper() in JOB_PARAMETERS and name.upper() != "UPLOAD":
                 form.append((name, (await value.read()).decode("utf-8", "replace")))
-    return gather(request.query_params.multi_items(), form)
+            else:
+                parts[name] = (value.content_type, await value.read())
+    return gather(request.query_params.multi_items(), form), parts
 
 
 def one(params: RawParams, name: str) -> str | None:

@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
                         TypeDecorator, UniqueConstraint, delete, func, insert, select, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: Bumped whenever the tables change; `JobStore.open` migrates older stores and refuses newer ones.
-#: 1: jobs and results. 2: table_rows, the growing SIAP table of each job.
-SCHEMA_VERSION = 2
+#: 1: jobs and results. 2: table_rows, the growing SIAP table of each job. 3: uploads.
+SCHEMA_VERSION = 3
 
 
 class UTCDateTime(TypeDecorator):
@@ -85,6 +85,16 @@ class ResultRow(Base):
     mime_type: Mapped[str] = mapped_column(String(64))
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
     __table_args__ = (UniqueConstraint("job_id", "result_id", name="uq_results_job_result"),)
+
+
+class UploadRow(Base):
+    """A table a job's UPLOAD parameter gave, kept as received (UWS shows it by reference)."""
+
+    __tablename__ = "uploads"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mime_type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TableRowRow(Base):
@@ -246,7 +256,7 @@ class JobStore:
                 raise StoreError(f"the job store has schema version {max(found)}; this siasync "
                                  f"reads versions up to {SCHEMA_VERSION}")
             elif max(found) < SCHEMA_VERSION:
-                # 1 -> 2 adds table_rows, which create_all has just made; older jobs keep an empty table
+                # 1 -> 2 adds table_rows, 2 -> 3 uploads: create_all has just made them; older jobs have none
                 await conn.execute(delete(SchemaRow))
                 await conn.execute(insert(SchemaRow).values(version=SCHEMA_VERSION))
         return cls(engine)
@@ -257,10 +267,12 @@ class JobStore:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def create(self, job: Job) -> None:
-        """Insert a new job."""
+    async def create(self, job: Job, uploads: Iterable[tuple[str, str, bytes]] = ()) -> None:
+        """Insert a new job, with the tables it uploaded: (name, MIME type, bytes)."""
         async with self._session.begin() as s:
             await s.execute(insert(JobRow).values(**{name: getattr(job, name) for name in _JOB_FIELDS}))
+            for name, mime_type, data in uploads:
+                await s.execute(insert(UploadRow).values(job_id=job.id, name=name, mime_type=mime_type, data=data))
         self._writes += 1
         self._cache(job)  # a new job is read at once, and a big one is costly to decode
 
@@ -318,9 +330,25 @@ class JobStore:
         async with self._session.begin() as s:
             await s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
             await s.execute(delete(TableRowRow).where(TableRowRow.job_id == job_id))
+            await s.execute(delete(UploadRow).where(UploadRow.job_id == job_id))
             deleted = (await s.execute(delete(JobRow).where(JobRow.id == job_id))).rowcount == 1
         self._changed(job_id)
         return deleted
+
+    async def uploads(self, job_id: str, name: str | None = None) -> list[tuple[str, str, bytes]]:
+        """The job's uploaded tables (or only the one called ``name``): (name, MIME type, bytes)."""
+        query = select(UploadRow.name, UploadRow.mime_type, UploadRow.data).where(UploadRow.job_id == job_id)
+        if name is not None:
+            query = query.where(UploadRow.name == name)
+        async with self._session() as s:
+            return [tuple(row) for row in (await s.execute(query.order_by(UploadRow.name))).all()]
+
+    async def replace_uploads(self, job_id: str, uploads: Iterable[tuple[str, str, bytes]]) -> None:
+        """Make ``uploads`` the job's tables, dropping the ones it had."""
+        async with self._session.begin() as s:
+            await s.execute(delete(UploadRow).where(UploadRow.job_id == job_id))
+            for name, mime_type, data in uploads:
+                await s.execute(insert(UploadRow).values(job_id=job_id, name=name, mime_type=mime_type, data=data))
 
     async def active_fields(self, owner: str) -> list[int]:
         """The field count of each of the owner's QUEUED or EXECUTING jobs."""

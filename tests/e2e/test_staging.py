@@ -184,3 +184,27 @@ def test_metadata_and_empty_fields(staging: Server, demo_index: ArchiveIndex) ->
     done = wait_final(nothing)
     assert done.phase == "COMPLETED"
     assert len(parse_single_table(io.BytesIO(httpx.get(nothing + "/results/table").content)).to_table()) == 0
+
+
+def test_an_uploaded_table_of_10000_positions_ends_with_a_row_per_pair(staging: Server,
+                                                                      demo_index: ArchiveIndex) -> None:
+    rng = np.random.default_rng(11)
+    inside = grid(120)  # the rest fall outside the survey: empty fields, quick to plan
+    outside = [(float(ra), float(dec)) for ra, dec in zip(rng.uniform(20, 60, 10_000 - len(inside)),
+                                                          rng.uniform(-40, -20, 10_000 - len(inside)), strict=True)]
+    positions = inside + outside
+    sizes = [0.02 if i % 3 == 0 else None for i in range(len(positions))]  # a size column, partly filled
+    csv = "RA,Dec,size\n" + "".join(f"{ra!r},{dec!r},{'' if s is None else s}\n"
+                                    for (ra, dec), s in zip(positions, sizes, strict=True))
+    response = httpx.post(staging.url + "/async", data={"UPLOAD": "fields,param:fields", "SIZE": str(SIZE),
+                                                        "FORMAT": "METADATA", "PHASE": "RUN"},
+                          files={"fields": ("fields.csv", csv.encode(), "text/csv")}, timeout=60)
+    assert response.status_code == 303, response.text
+    job = staging.url + response.headers["location"]
+    assert wait_final(job, timeout=240).phase == "COMPLETED"
+    table = parse_single_table(io.BytesIO(httpx.get(job + "/results/table", timeout=60).content)).to_table()
+    expected = {(i, r.id) for i, ((ra, dec), s) in enumerate(zip(positions, sizes, strict=True))
+                for r in demo_index.lookup(Field(ra, dec, s or SIZE, s or SIZE))}
+    assert len(table) == len(expected) > 100
+    rows = zip(np.asarray(table["field"]).tolist(), np.asarray(table["parent_id"]).tolist(), strict=True)
+    assert set(rows) == expected

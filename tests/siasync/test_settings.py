@@ -22,11 +22,15 @@ def test_environment_then_overrides() -> None:
     assert Settings.from_env(env, database_url="postgresql+asyncpg://db/siasync").database.startswith("postgresql")
     for executor in ("local", "dask-local", "dask-local:4", "dask://scheduler.example.org:8786"):
         assert Settings.from_env({"SIASYNC_EXECUTOR": executor}).executor == executor
+    assert Settings.from_env({"SIASYNC_UPLOAD_URLS": "https://a.org/lists/, http://b.org/x/"}).upload_urls == (
+        "https://a.org/lists/", "http://b.org/x/")
 
 
 @pytest.mark.parametrize("env,message", [
     ({"SIASYNC_PORT": "eighty"}, "SIASYNC_PORT"),
     ({"SIASYNC_AUTH": "kerberos"}, "auth must be one of"),
+    ({"SIASYNC_UPLOAD_URLS": "https://a.org"}, "must be an http\\(s\\) URL with a path"),
+    ({"SIASYNC_UPLOAD_URLS": "file:///etc/"}, "must be an http\\(s\\) URL with a path"),
     ({"SIASYNC_AUTH": "token"}, "tokens_file"),
     ({"SIASYNC_WORKERS": "0"}, "workers must be positive"),
     ({"SIASYNC_OWNER_ACTIVE_JOBS": "0"}, "owner_active_jobs must be positive"),
