@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from siasync.vocabulary import FORMATS, PHASES
+
 
 #: The committed generator settings, found next to the source tree of a checkout.
 DEFAULT_DEMO_SETTINGS = Path(__file__).resolve().parents[1] / "data" / "demo-survey.toml"
@@ -47,6 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--output", type=Path, default=None,
                        help="index file (default: DIR/siasync-index.sqlite)")
     index.set_defaults(handler=_archive_index)
+
+    fetch = commands.add_parser(
+        "fetch", help="create a job (or resume one) and download every result as it appears",
+        description="Create and run a job at BASE_URL, or resume one with --job (or from --out DIR alone), and "
+                    "download each result into DIR as soon as it is made, then the SIAP table as DIR/table.xml.")
+    fetch.add_argument("base_url", nargs="?", metavar="BASE_URL", help="the service, e.g. http://127.0.0.1:8000")
+    fetch.add_argument("--pos", action="append", type=_position, metavar="RA,DEC",
+                       help="a field centre in ICRS degrees (repeatable)")
+    fetch.add_argument("--positions", type=Path, metavar="FILE", help="a CSV or VOTable of positions, uploaded")
+    fetch.add_argument("--size", type=_size, metavar="DEG", help="field size in degrees: S or W,H")
+    fetch.add_argument("--format", type=_format, help=f"one of {', '.join(FORMATS)} (default image/fits)")
+    fetch.add_argument("--collection", action="append", type=_word, help="only this collection (repeatable)")
+    fetch.add_argument("--band", action="append", type=_word, help="only this band (repeatable)")
+    fetch.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the files go")
+    fetch.add_argument("--job", type=_word, metavar="JOB_URL", help="resume this job instead of creating one")
+    fetch.add_argument("--delete", action="store_true", help="destroy the job once everything is downloaded")
+    fetch.add_argument("--token", type=_word, help="bearer token (default: $SIASYNC_TOKEN)")
+    fetch.set_defaults(handler=_fetch)
+
+    jobs = commands.add_parser("jobs", help="list the jobs at a service with their phase and progress")
+    jobs.add_argument("base_url", metavar="BASE_URL", help="the service, e.g. http://127.0.0.1:8000")
+    jobs.add_argument("--phase", action="append", type=str.upper, choices=PHASES, metavar="PHASE",
+                      help=f"only jobs in this phase (repeatable): {', '.join(PHASES)}")
+    jobs.add_argument("--last", type=_count, metavar="N", help="only the newest N jobs")
+    jobs.add_argument("--token", type=_word, help="bearer token (default: $SIASYNC_TOKEN)")
+    jobs.set_defaults(handler=_jobs)
     return parser
 
 
@@ -106,3 +136,63 @@ def _archive_index(args: argparse.Namespace) -> int:
           f"({', '.join(index.collections) or 'none'}); skipped {len(skipped)} files; "
           f"wrote {path} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from siasync.client.commands import fetch_command
+
+    return fetch_command(args)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from siasync.client.commands import jobs_command
+
+    return jobs_command(args)
+
+
+def _numbers(text: str, count: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in count or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return values
+
+
+def _position(text: str) -> tuple[float, float]:
+    """``--pos RA,DEC``: RA in [0, 360), Dec in [-90, 90]."""
+    ra, dec = _numbers(text, (2,), "RA,DEC in degrees")
+    if not (0 <= ra < 360 and -90 <= dec <= 90):
+        raise argparse.ArgumentTypeError(f"expected RA in [0, 360) and Dec in [-90, 90], got {text!r}")
+    return ra, dec
+
+
+def _size(text: str) -> float | tuple[float, float]:
+    """``--size S`` or ``W,H``, positive degrees."""
+    values = _numbers(text, (1, 2), "a size in degrees: S or W,H")
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"the size must be positive, got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _format(text: str) -> str:
+    """``--format``, case-insensitive."""
+    for name in FORMATS:
+        if name.lower() == text.strip().lower():
+            return name
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(FORMATS)}, got {text!r}")
+
+
+def _word(text: str) -> str:
+    """A non-empty value."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
+def _count(text: str) -> int:
+    """A positive integer."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)

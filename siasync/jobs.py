@@ -21,12 +21,11 @@ from siasync.errors import NotFound, PermissionDenied, UsageError
 from siasync.params import (JobControl, Limits, RawParams, StagingRequest, clamp_destruction, clamp_duration,
                             parse_choice, parse_int, parse_job, parse_time)
 from siasync.uploads import Upload, resolve
+from siasync.vocabulary import PHASES
 from storage.files import ResultFiles
 from storage.jobs import Job, JobStore, Result
 
 
-PHASES = ("PENDING", "QUEUED", "EXECUTING", "COMPLETED", "ERROR", "ABORTED", "UNKNOWN", "HELD",
-          "SUSPENDED", "ARCHIVED")
 #: phases in which WAIT blocks (UWS 1.1, 2.2.1.1)
 ACTIVE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
 #: phases from which PHASE=RUN is accepted

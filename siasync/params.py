@@ -21,16 +21,8 @@ from typing import Any
 from cutout.sky import Field, Intersect
 from siasync.errors import UsageError
 from siasync.uploads import Upload, read_fields
+from siasync.vocabulary import FORMATS
 
-#: FORMAT values and the products each makes per (field, image)
-FORMATS: dict[str, tuple[str, ...]] = {
-    "image/fits": ("image/fits",),
-    "image/png": ("image/png",),
-    "image/jpeg": ("image/jpeg",),
-    "ALL": ("image/fits", "image/png"),
-    "GRAPHIC": ("image/png",),
-    "METADATA": (),
-}
 _NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
 _SEPARATORS = re.compile(r"[;\r\n]+")
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")

@@ -8,7 +8,7 @@ from litestar.response import Template
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
-from siasync.params import FORMATS
+from siasync.vocabulary import FORMATS
 from siasync.settings import Settings
 
 

@@ -47,3 +47,17 @@ def test_only_siasync_imports_litestar(package: str) -> None:
 def test_the_rule_is_checked_on_real_files() -> None:
     assert len(imported_modules("cutout")) >= 8
     assert "numpy" in imported_modules("cutout")["cutout/engine.py"]
+
+
+def test_the_client_needs_only_httpx() -> None:
+    """`siasync.client` runs where the service does not: it imports nothing of the server."""
+    files = imported_modules("siasync/client")
+    assert len(files) >= 5
+    for path, names in files.items():
+        third_party = {n for n in names if n not in sys.stdlib_module_names}
+        assert third_party <= {"httpx", "siasync"}, f"{path} imports {sorted(third_party)}"
+        source = (REPO / path).read_text()
+        server_imports = [line for line in source.splitlines()
+                          if line.startswith(("from siasync", "import siasync"))
+                          and not line.startswith(("from siasync.client", "import siasync.client"))]
+        assert not server_imports, f"{path}: {server_imports}"
