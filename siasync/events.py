@@ -55,4 +55,4 @@ async def job_events(service: JobService, job_id: str, after: int, base: str) ->
             return
         woken = await service.results_watch.wait(job_id, KEEPALIVE_S)
         if not woken:
-            yield ServerSentEventMessage(comment="keep-alive")
+            yield ServerSentEventMessage(comment="keep-alive", data=None)  # no data line: no empty message event

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from siasync.events import job_events
+from storage.jobs import Job
 from tests.siasync.helpers import create_job, in_app, phase, service, wait_for
 
 FUTURE = (datetime.now(UTC) + timedelta(days=1)).isoformat()
@@ -368,3 +371,31 @@ def test_a_job_carries_its_cost_estimate(client) -> None:
     index = client.app.state.index
     expected = sum(len(index.lookup(Field(ra, dec, 0.01, 0.01), collections=["DEMO-WIDE"])) for ra, dec in positions)
     assert info["cost"] == expected > 0
+
+
+def test_the_event_stream_keep_alive_is_a_bare_comment(monkeypatch) -> None:
+    """A keep-alive must not reach a browser's EventSource as an empty ``message`` event."""
+    now = datetime.now(UTC)
+    job = Job(id="j", owner="o", run_id=None, phase="EXECUTING", creation_time=now, start_time=now, end_time=None,
+              execution_duration=60, destruction=now, quote=None, start_after=None, error_type=None,
+              error_message=None, parameters=[], spec={}, info={})
+
+    class Quiet:  # a running job that makes nothing: the stream can only keep the connection alive
+        class store:
+            async def get(job_id: str) -> Job:
+                return job
+
+            async def results(job_id: str, after: int, limit: int) -> list:
+                return []
+
+        class results_watch:
+            async def wait(job_id: str, timeout: float) -> bool:
+                return False
+
+    async def first_messages() -> list[bytes]:
+        stream = job_events(Quiet, "j", 0, "http://x")
+        return [(await anext(stream)).encode() for _ in range(3)]
+
+    phase, progress, keep_alive = asyncio.run(first_messages())
+    assert phase.startswith(b"event: phase") and progress.startswith(b"event: progress")
+    assert keep_alive == b": keep-alive\r\n\r\n"
