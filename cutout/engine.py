@@ -28,7 +28,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import wcs_to_celestial_frame
 
 from cutout.errors import ArchiveError, NoOverlapError
-from cutout.fitsio import format_card, image_bytes, storable
+from cutout.fitsio import BLOCK, CARD, format_card, image_bytes, storable
 from cutout.sky import Field
 
 #: Points sampled along each edge of a field's box before mapping it to pixels.
@@ -100,6 +100,19 @@ class ParentImage:
             os.close(self._fd)
             self._fd = None
         self._hdul.close()
+
+    @cached_property
+    def dtype(self) -> np.dtype:
+        """The dtype `read` returns: the stored type, or for a compressed parent what astropy decompresses to.
+
+        That is the image's BITPIX unless BSCALE, BZERO or BLANK make astropy scale the values; then
+        astropy's rules decide, so it is learnt by reading one pixel (one tile), once per open parent.
+        """
+        if not self.compressed:
+            return self._raw_dtype
+        if not any(key in self._hdu.header for key in ("BSCALE", "BZERO", "BLANK")):
+            return np.dtype(self._hdu.section.dtype)
+        return self.read(0, 1, 0, 1).dtype
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Stored values of ``[y0:y1, x0:x1]`` as a new, FITS-storable array."""
@@ -233,8 +246,44 @@ def pixel_box(parent: ParentImage, field: Field) -> tuple[int, int, int, int]:
     return y0, y1 + 1, x0, x1 + 1
 
 
-def cut(parent: ParentImage, field: Field) -> Cutout:
-    """Cut ``field`` out of ``parent``.
+@dataclass(frozen=True)
+class CutoutHeader:
+    """What a cutout of a field will be, known without reading its pixels."""
+
+    #: header card images, structural cards first, without END (exactly those of the `Cutout`)
+    cards: str
+    #: the half-open pixel rectangle of the parent: ``[y0:y1, x0:x1]``
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    #: BITPIX of the cutout's data
+    bitpix: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx) of the cutout."""
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    @cached_property
+    def header(self) -> fits.Header:
+        """The full FITS header."""
+        return fits.Header.fromstring(self.cards)
+
+    @property
+    def filesize(self) -> int:
+        """Size in bytes of the cutout's FITS file (`Cutout.to_fits`)."""
+        ny, nx = self.shape
+        header = len(self.cards) + CARD
+        data = ny * nx * abs(self.bitpix) // 8
+        return header + (-header % BLOCK) + data + (-data % BLOCK)
+
+
+def cutout_header(parent: ParentImage, field: Field) -> CutoutHeader:
+    """The header and geometry of the cutout of ``field`` from ``parent``, without reading pixels.
+
+    This is the pure half of `cut`: the pixel rectangle (`pixel_box`) and the header
+    cards, which `cut` writes unchanged above the pixels it then reads.
 
     Parameters
     ----------
@@ -243,10 +292,10 @@ def cut(parent: ParentImage, field: Field) -> Cutout:
 
     Returns
     -------
-    Cutout
-        Pixels copied from the parent, with the parent's non-structural keywords,
-        the shifted WCS (SIP included), and provenance: PARENTID, ORIGFILE, ORIGHDU,
-        IRAF LTV1/LTV2 with LTM1_1 = LTM2_2 = 1, and the requested POS and SIZE.
+    CutoutHeader
+        The parent's non-structural keywords, the shifted WCS (SIP included), and
+        provenance: PARENTID, ORIGFILE, ORIGHDU, IRAF LTV1/LTV2 with LTM1_1 = LTM2_2 = 1,
+        and the requested POS and SIZE.
 
     Raises
     ------
@@ -254,7 +303,7 @@ def cut(parent: ParentImage, field: Field) -> Cutout:
         When the field and the image do not overlap.
     """
     y0, y1, x0, x1 = pixel_box(parent, field)
-    stored, bitpix, bzero = storable(parent.read(y0, y1, x0, x1))
+    _, bitpix, bzero = storable(np.empty((0, 0), dtype=parent.dtype))
     cards = [format_card("SIMPLE", True, "conforms to FITS standard"),
              format_card("BITPIX", bitpix), format_card("NAXIS", 2),
              format_card("NAXIS1", x1 - x0), format_card("NAXIS2", y1 - y0),
@@ -276,7 +325,30 @@ def cut(parent: ParentImage, field: Field) -> Cutout:
         format_card("REQ_W", field.width, "[deg] requested SIZE, width"),
         format_card("REQ_H", field.height, "[deg] requested SIZE, height"),
     ]
-    return Cutout(stored, "".join(cards), y0, x0)
+    return CutoutHeader("".join(cards), y0, y1, x0, x1, bitpix)
+
+
+def cut(parent: ParentImage, field: Field) -> Cutout:
+    """Cut ``field`` out of ``parent``.
+
+    Parameters
+    ----------
+    parent : ParentImage
+    field : Field
+
+    Returns
+    -------
+    Cutout
+        Pixels copied from the parent, below the header of `cutout_header`.
+
+    Raises
+    ------
+    NoOverlapError
+        When the field and the image do not overlap.
+    """
+    head = cutout_header(parent, field)
+    stored, _, _ = storable(parent.read(head.y0, head.y1, head.x0, head.x1))
+    return Cutout(stored, head.cards, head.y0, head.x0)
 
 
 def cutout(parent: ParentImage, position: SkyCoord, size: u.Quantity) -> Cutout:

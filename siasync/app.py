@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
 from litestar import Litestar, Request, Response
@@ -26,8 +27,10 @@ from siasync.params import Limits
 from siasync.representations import iso
 from siasync.routes_async import AsyncJobs
 from siasync.routes_pages import Pages
+from siasync.routes_sia import SyncSia, Vosi
 from siasync.scheduler import Scheduler
 from siasync.settings import Settings
+from siasync.sia import SiaService
 from siasync.web import TEXT
 from storage.files import ResultFiles
 from storage.jobs import JobStore
@@ -78,7 +81,9 @@ def create_app(settings: Settings) -> Litestar:
             await asyncio.to_thread(files.remove_temporaries, job_id)
             executor.submit(job_id)
         reaper = asyncio.create_task(_reaper(service, settings.reaper_interval_s), name="reaper")
-        app.state.update(index=index, service=service, authenticator=Authenticator(settings))
+        sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records)
+        app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync,
+                         up_since=datetime.now(UTC))
         try:
             yield
         finally:
@@ -97,16 +102,20 @@ def create_app(settings: Settings) -> Litestar:
     def index(state: State) -> ArchiveIndex:
         return state.index
 
+    def sia(state: State) -> SiaService:
+        return state.sia
+
     def current_settings() -> Settings:
         return settings
 
     return Litestar(
-        route_handlers=[Pages, AsyncJobs],
+        route_handlers=[Pages, AsyncJobs, SyncSia, Vosi],
         lifespan=[lifespan],
         dependencies={
             "settings": Provide(current_settings, sync_to_thread=False),
             "service": Provide(service, sync_to_thread=False),
             "index": Provide(index, sync_to_thread=False),
+            "sia": Provide(sia, sync_to_thread=False),
             "owner": Provide(owner, sync_to_thread=False),
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, Exception: _internal_error},

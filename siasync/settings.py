@@ -64,6 +64,10 @@ class Settings:
     wait_max_s: int = 60
     #: seconds between sweeps for expired jobs and jobs out of execution time
     reaper_interval_s: float = 5.0
+    #: synchronous cutouts (``/sia/cutout``) and ``/sia`` header reads run at once, in threads off the event loop
+    sync_cutouts: int = 4
+    #: most rows one synchronous ``/sia`` query answers; beyond, QUERY_STATUS is OVERFLOW
+    sia_max_records: int = 10_000
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -72,7 +76,8 @@ class Settings:
             raise ValueError("auth 'token' needs a tokens_file")
         for name in ("port", "workers", "running_jobs", "owner_active_jobs", "owner_queued_fields", "max_fields",
                      "max_body_bytes", "destruction_default_s",
-                     "destruction_max_s", "execution_default_s", "execution_max_s", "wait_max_s"):
+                     "destruction_max_s", "execution_default_s", "execution_max_s", "wait_max_s", "sync_cutouts",
+                     "sia_max_records"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.scheduling not in ("fair", "fifo"):

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from cutout.engine import ParentCache, cut
+from cutout.engine import ParentCache, cut, cutout_header
 from cutout.errors import ArchiveError, NoOverlapError
 from cutout.preview import preview_bytes
 from cutout.scan import ImageRecord
@@ -119,8 +119,12 @@ def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcom
     outcome = PairOutcome(pair.field_index, pair.record.id)
     try:
         parent = _cache.get(pair.path, pair.record.hdu, pair.record.id, pair.record.path)
-        piece = cut(parent, pair.field)
-        encoded = [(m, piece.to_fits() if m == "image/fits" else preview_bytes(piece.data, m)) for m in pair.products]
+        if not pair.products:  # METADATA: the header of the cutout that would be made, no pixels read
+            piece, encoded = cutout_header(parent, pair.field), []
+        else:
+            piece = cut(parent, pair.field)
+            encoded = [(m, piece.to_fits() if m == "image/fits" else preview_bytes(piece.data, m))
+                       for m in pair.products]
     except NoOverlapError as exc:
         outcome.problem, outcome.message = "skipped", str(exc)
         return outcome

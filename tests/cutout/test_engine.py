@@ -14,7 +14,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from cutout.engine import ParentCache, ParentImage, cut, cutout
+from cutout.engine import ParentCache, ParentImage, cut, cutout, cutout_header
 from cutout.errors import ArchiveError, NoOverlapError
 from cutout.index import ArchiveIndex
 from cutout.sky import Field
@@ -246,3 +246,34 @@ def test_bad_parents_raise_archive_errors(tmp_path: Path) -> None:
         ParentImage(path, 1)
     with pytest.raises(ArchiveError, match="no image HDU 5"):
         ParentImage(path, 5)
+
+
+def test_cutout_header_is_the_header_cut_writes(demo_index: ArchiveIndex) -> None:
+    wide = next(r for r in demo_index.records if r.collection == "DEMO-WIDE")
+    deep = next(r for r in demo_index.records if r.compressed)
+    corner = wide.wcs().all_pix2world([[-0.5, -0.5]], 0)[0]  # a field clipped to the image
+    cases = [(demo_index.path_of(wide), wide.hdu, Field(float(corner[0]), float(corner[1]), 0.05, 0.05)),
+             (demo_index.path_of(deep), deep.hdu, Field(150.1, 2.2, 0.03, 0.02)),
+             (M13, 0, Field(250.4226, 36.4602, 0.02, 0.02)), (M13_RICE, 1, Field(250.4226, 36.4602, 0.02, 0.02))]
+    if SIP.exists():
+        ra, dec = WCS(fits.getheader(SIP)).all_pix2world([[50, 25]], 0)[0]
+        cases.append((SIP, 0, Field(float(ra), float(dec), 0.004, 0.003)))  # BZERO 32768: uint16
+    for path, hdu, field in cases:
+        with ParentImage(path, hdu, "an-id", "a/path.fits") as parent:
+            head, piece = cutout_header(parent, field), cut(parent, field)
+        assert head.cards == piece.cards, path
+        assert head.shape == piece.shape and (head.y0, head.x0) == (piece.y0, piece.x0)
+        assert head.filesize == len(piece.to_fits())
+        assert head.header == piece.header and head.bitpix == piece.header["BITPIX"]
+
+
+def test_cutout_header_reads_no_pixels(demo_index: ArchiveIndex) -> None:
+    rec = next(r for r in demo_index.records if r.collection == "DEMO-WIDE")
+    field = Field(*rec.wcs().all_pix2world([[300.0, 700.0]], 0)[0], 0.02, 0.02)
+    with ParentImage(demo_index.path_of(rec), rec.hdu) as parent:
+        expected = cut(parent, field).cards
+    with ParentImage(demo_index.path_of(rec), rec.hdu) as parent:
+        parent.read = None  # any pixel read would fail
+        assert cutout_header(parent, field).cards == expected
+    with ParentImage(demo_index.path_of(rec), rec.hdu) as parent, pytest.raises(NoOverlapError):
+        cutout_header(parent, Field(200.0, -60.0, 0.1, 0.1))

@@ -1,0 +1,68 @@
+"""Synchronous SIAP 1.0 under /sia, and VOSI: thin handlers over `SiaService` and `siasync.vosi`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+
+from siasync import __version__
+from siasync.settings import Settings
+from siasync.sia import SiaService, input_params
+from siasync.vosi import archive_readable, availability_xml, capabilities_xml, sia_limits
+from siasync.web import XML, base_url, raw_params
+from storage.table import MIME as VOTABLE
+
+Sia = NamedDependency[SiaService]
+Config = NamedDependency[Settings]
+Owner = NamedDependency[str]
+
+
+class SyncSia(Controller):
+    """``/sia``: the SIAP 1.0 query, and ``/sia/cutout``: the product behind each row.
+
+    Both read the archive, so they ask for the same credentials as ``/async`` (``owner``).
+    """
+
+    path = "/sia"
+
+    async def _query(self, request: Request, sia: SiaService, settings: Settings) -> Response:
+        body = await sia.query(await raw_params(request), base_url(request, settings.public_url))
+        return Response(body, media_type=VOTABLE)
+
+    @get("/", summary="SIAP 1.0 query (POS, SIZE, INTERSECT, FORMAT, VERB, COLLECTION, BAND)")
+    async def query(self, request: Request, sia: Sia, settings: Config, owner: Owner) -> Response:
+        return await self._query(request, sia, settings)
+
+    @post("/", summary="SIAP 1.0 query, parameters in a form body", status_code=200)
+    async def query_post(self, request: Request, sia: Sia, settings: Config, owner: Owner) -> Response:
+        return await self._query(request, sia, settings)
+
+    @get("/cutout", summary="Cutout of one archive image (ID, POS, SIZE, FORMAT)")
+    async def cutout(self, request: Request, sia: Sia, owner: Owner) -> Response:
+        data, mime, name = await sia.cutout(await raw_params(request))
+        return Response(data, media_type=mime, headers={"Content-Disposition": f'inline; filename="{name}"'})
+
+
+class Vosi(Controller):
+    """``/capabilities`` and ``/availability`` (VOSI 1.0), open to everyone."""
+
+    path = "/"
+
+    @get("/capabilities", summary="VOSI capabilities")
+    async def capabilities(self, request: Request, sia: Sia, settings: Config) -> Response:
+        limits = sia_limits(sia.index, sia.limits, sia.max_records)
+        body = capabilities_xml(base_url(request, settings.public_url), limits, input_params(sia.limits))
+        return Response(body, media_type=XML)
+
+    @get("/availability", summary="VOSI availability")
+    async def availability(self, sia: Sia, state: State) -> Response:
+        readable = await asyncio.to_thread(archive_readable, sia.index)
+        up_since: datetime = state.up_since
+        note = (f"siasync {__version__}: {len(sia.index)} archive images in {len(sia.index.collections)} "
+                "collections; SIAP 1.0 at /sia, UWS 1.1 jobs at /async" if readable
+                else f"the archive directory {sia.index.root} cannot be read")
+        return Response(availability_xml(readable, up_since, [note]), media_type=XML)
