@@ -31,6 +31,8 @@ def test_landing_page_describes_the_archive_and_creates_jobs(client) -> None:
     doc = page(client, "/")
     text = doc.text_content()
     assert "DEMO-WIDE" in text and "DEMO-DEEP" in text and "55 images" in text
+    for link in doc.xpath("//a/@href"):  # every link of the page leads somewhere
+        assert client.get(link).status_code == 200, link
     form = doc.xpath("//form[@action='/async']")[0]
     assert form.method.upper() == "POST"
     form.fields["POS"] = "150.1,2.2\n150.2,2.25"
