@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -111,12 +112,18 @@ def server(tmp_path: Path, demo_archive: Path, executor: str) -> Iterator[Server
         srv.stop()
 
 
-@pytest.fixture(scope="module")
-def staging(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path, executor: str) -> Iterator[Server]:
-    """One server with two workers, shared by a module's tests."""
-    root = tmp_path_factory.mktemp("staging")
-    srv = Server(demo_archive, root / "state", root / "server.log", "--workers", "2", "--executor", executor).start()
+@contextmanager
+def serving(root: Path, archive: Path, *args: str) -> Iterator[Server]:
+    """A server over a state directory under ``root``, stopped at the end."""
+    srv = Server(archive, root / "state", root / "server.log", *args).start()
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path, executor: str) -> Iterator[Server]:
+    """One server with two workers, shared by a module's tests."""
+    with serving(tmp_path_factory.mktemp("staging"), demo_archive, "--workers", "2", "--executor", executor) as srv:
+        yield srv

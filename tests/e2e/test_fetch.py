@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.io.votable import parse_single_table
 
 from siasync.client import AsyncClient, Client, Product
-from tests.e2e.conftest import Server, submit, wait_final
+from tests.e2e.conftest import Server, serving, submit, wait_final
 
 SIZE = 0.01
 
@@ -26,12 +26,8 @@ SIZE = 0.01
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path) -> Iterator[Server]:
     """One server on the local pool with two workers: the client is the same on every backend."""
-    root = tmp_path_factory.mktemp("fetch")
-    srv = Server(demo_archive, root / "state", root / "server.log", "--workers", "2").start()
-    try:
+    with serving(tmp_path_factory.mktemp("fetch"), demo_archive, "--workers", "2") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def positions(n: int, seed: int) -> list[tuple[float, float]]:

@@ -18,7 +18,7 @@ from pyvo.io.vosi import parse_availability, parse_capabilities
 from cutout.index import ArchiveIndex
 from cutout.sky import Field
 from siasync.sia_votable import VERB_COLUMNS
-from tests.e2e.conftest import Server, submit, wait_final
+from tests.e2e.conftest import Server, serving, submit, wait_final
 
 POS, SIZE = (150.1, 2.2), 0.05
 
@@ -26,12 +26,8 @@ POS, SIZE = (150.1, 2.2), 0.05
 @pytest.fixture(scope="module")
 def sia_server(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path) -> Iterator[Server]:
     """One server on the local pool (the synchronous endpoints use no executor), shared by this module."""
-    root = tmp_path_factory.mktemp("pyvo")
-    srv = Server(demo_archive, root / "state", root / "server.log", "--workers", "1").start()
-    try:
+    with serving(tmp_path_factory.mktemp("pyvo"), demo_archive, "--workers", "1") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_search_and_download_cutouts_equal_to_the_parents_pixels(sia_server: Server, demo_archive: Path,
