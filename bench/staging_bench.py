@@ -3,6 +3,7 @@
 Run with ``make bench``. Every comparison is against a baseline in the same run:
 
 * time to first result of a 10-field and a 10,000-field job (medians of 7, ratio);
+* reading a 100,000-row position upload (CSV and VOTable), and a POST creating a job from it;
 * batch sizes: raw pool throughput with 1, 4, 8 and 16 pairs per task;
 * end-to-end products per second through the service for the 10,000-field job, against
   the raw engine on the same kind of pool, the same pairs and the same number of workers;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import shutil
 import json
 import statistics
@@ -30,6 +32,7 @@ from urllib.parse import urlencode
 
 import httpx
 import numpy as np
+from astropy.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,6 +42,7 @@ from cutout.index import ArchiveIndex  # noqa: E402
 from cutout.sky import Field  # noqa: E402
 from siasync.pool import LocalPool  # noqa: E402
 from siasync.scheduler import BATCH_PAIRS  # noqa: E402
+from siasync.uploads import CSV, VOTABLE, Upload, read_fields  # noqa: E402
 from siasync.worker import BatchTask, PairTask  # noqa: E402
 from storage.files import ResultFiles  # noqa: E402
 
@@ -81,6 +85,27 @@ def first_result_seconds(server: BenchServer, fields: list[tuple[float, float]])
             if line.startswith("event: result"):
                 return time.perf_counter() - start, job
     raise RuntimeError("no result")
+
+
+def upload_seconds(server: BenchServer, rows: int) -> dict[str, float]:
+    """Seconds to read a ``rows``-row table of positions (CSV and VOTable) and to create a job from one."""
+    rng = np.random.default_rng(9)
+    table = Table({"ra": rng.uniform(0, 360, rows), "dec": rng.uniform(-90, 90, rows)})
+    votable, csv = io.BytesIO(), io.StringIO()
+    table.write(votable, format="votable")
+    table.write(csv, format="ascii.csv")
+    seconds = {}
+    for kind, mime, data in (("csv", CSV, csv.getvalue().encode()), ("votable", VOTABLE, votable.getvalue())):
+        start = time.perf_counter()
+        assert len(read_fields(Upload("t", mime, data), 1.0, rows).positions) == rows
+        seconds[kind] = time.perf_counter() - start
+    start = time.perf_counter()
+    response = HTTP.post(server.url + "/async", data={"UPLOAD": "t,param:t", "SIZE": str(SIZE)},
+                         files={"t": ("t.csv", csv.getvalue().encode(), "text/csv")})
+    seconds["post"] = time.perf_counter() - start
+    assert response.status_code == 303, response.text
+    destroy(server.url + response.headers["location"])
+    return seconds
 
 
 def destroy(job: str) -> None:
@@ -180,6 +205,7 @@ def main() -> int:
                 destroy(job)
                 time.sleep(1.0)  # the destroyed job's last batches drain: each job starts on an idle pool
         small_first, bulk_first = (statistics.median(firsts[n]) for n in firsts)
+        uploads = upload_seconds(server, 100_000)
 
         bulk_fields = positions(args.bulk, seed=3)
         rss: list[float] = [server.rss_mb()]
@@ -226,6 +252,8 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     print(f"| time to first result (median of {TRIALS}), {args.bulk}-field job vs 10-field job | {bulk_first:.3f} s | "
           f"{small_first:.3f} s | {bulk_first / small_first:.2f} |")
+    print(f"| 100,000-row upload: read as CSV / as VOTable / POST creating the job | {uploads['csv']:.2f} / "
+          f"{uploads['votable']:.2f} / {uploads['post']:.2f} s | | |")
     print(f"| end-to-end products/s vs raw pool on the same pairs | {e2e:.0f} ({products} products) | "
           f"{raw_rate:.0f} ({raw_made}) | {e2e / raw_rate:.0%} |")
     for name, label in (("small", f"the 10-field job ({small_products} results)"),
