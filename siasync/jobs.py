@@ -145,7 +145,7 @@ class JobService:
         the tables that UPLOAD values refer to, and an inline upload named UPLOAD.
         """
         parts = parts or {}
-        raw = raw + [("UPLOAD", f"upload,param:{name}") for name in parts if name.upper() == "UPLOAD"]
+        raw = _with_inline_upload(raw, parts)
         uploads = await resolve([v for n, v in raw if n == "UPLOAD"], parts, self.limits.upload_urls)
         request, control = await self._parse(raw, uploads)
         if control.run:  # refused before anything is stored
@@ -158,7 +158,7 @@ class JobService:
                   execution_duration=control.execution_duration, destruction=control.destruction, quote=None,
                   start_after=control.start, error_type=None, error_message=None,
                   parameters=[list(p) for p in raw if p[0] != "PHASE"], spec=request.to_spec(), info=info)
-        await self.store.create(job, [(u.name, u.mime_type, u.data) for u in uploads])
+        await self.store.create(job, [u.as_row() for u in uploads])
         if control.run and self.executor is not None:
             self.executor.submit(job.id)
         return job
@@ -233,7 +233,7 @@ class JobService:
         if job.phase not in RUNNABLE:
             raise PermissionDenied(f"cannot change the parameters of job {job_id} in phase {job.phase}")
         parts = parts or {}
-        raw = raw + [("UPLOAD", f"upload,param:{name}") for name in parts if name.upper() == "UPLOAD"]
+        raw = _with_inline_upload(raw, parts)
         names = {name for name, _ in raw}
         merged = [tuple(p) for p in job.parameters if p[0] not in names] + list(raw)
         if "UPLOAD" in names:
@@ -252,7 +252,7 @@ class JobService:
         if not updated:
             raise PermissionDenied(f"job {job_id} left phase PENDING")
         if "UPLOAD" in names:
-            await self.store.replace_uploads(job_id, [(u.name, u.mime_type, u.data) for u in uploads])
+            await self.store.replace_uploads(job_id, [u.as_row() for u in uploads])
 
     async def _parse(self, raw: RawParams, uploads: list[Upload]) -> tuple[StagingRequest, JobControl]:
         """`parse_job`, off the event loop when there are tables to read."""
@@ -316,6 +316,11 @@ class JobService:
             self.watch.notify(job_id)
             self.results_watch.notify(job_id)
         return moved
+
+
+def _with_inline_upload(raw: RawParams, parts: Mapping[str, tuple[str, bytes]]) -> RawParams:
+    """The parameters, with an inline upload (a file part named UPLOAD) as ``UPLOAD=upload,param:UPLOAD``."""
+    return raw + [("UPLOAD", f"upload,param:{name}") for name in parts if name.upper() == "UPLOAD"]
 
 
 def estimate_cost(index: ArchiveIndex, request: StagingRequest, sample: int = 16) -> int:

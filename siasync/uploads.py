@@ -54,6 +54,10 @@ class Upload:
     mime_type: str
     data: bytes
 
+    def as_row(self) -> tuple[str, str, bytes]:
+        """(name, MIME type, bytes), as the job store keeps it."""
+        return self.name, self.mime_type, self.data
+
 
 @dataclass(frozen=True)
 class UploadedFields:
