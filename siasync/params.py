@@ -122,12 +122,7 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None,
         Naming the first parameter at fault.
     """
     now = now or datetime.now(UTC)
-    values: dict[str, list[str]] = {}
-    for name, value in raw:
-        values.setdefault(name, []).append(value)
-    for name in _SINGLE:
-        if len(values.get(name, [])) > 1:
-            raise UsageError(name, f"given {len(values[name])} times; give it once")
+    values, one = grouped(raw, _SINGLE)
     positions = list(parse_positions(values.get("POS", [])))
     sizes: list[float | None] = [None] * len(positions)
     for upload in uploads:
@@ -139,7 +134,6 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None,
     if len(positions) > limits.max_fields:
         raise UsageError("UPLOAD" if uploads else "POS",
                          f"{len(positions)} fields exceed the limit of {limits.max_fields}")
-    one = {name: values[name][0] for name in _SINGLE if name in values}
     if "SIZE" not in one and None in sizes:
         raise UsageError("SIZE", "required: give SIZE=s or SIZE=w,h in degrees"
                          + (" (or a size for every row of the upload)" if uploads else ""))
@@ -162,6 +156,17 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None,
         run=parse_phase_on_create(one["PHASE"]) if "PHASE" in one else False,
     )
     return request, control
+
+
+def grouped(raw: RawParams, single: tuple[str, ...]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Every parameter's values, and the value of each of ``single`` (given once at most)."""
+    values: dict[str, list[str]] = {}
+    for name, value in raw:
+        values.setdefault(name, []).append(value)
+    for name in single:
+        if len(values.get(name, [])) > 1:
+            raise UsageError(name, f"given {len(values[name])} times; give it once")
+    return values, {name: values[name][0] for name in single if name in values}
 
 
 # -- single values ----------------------------------------------------------------------

@@ -25,8 +25,8 @@ from cutout.scan import ImageRecord
 from cutout.siap import Column, product_metadata
 from cutout.sky import Field, Intersect
 from siasync.errors import NotFound, ServiceError, UsageError
-from siasync.params import (FORMATS, Limits, RawParams, parse_choice, parse_format, parse_int, parse_members,
-                            parse_pos, parse_size)
+from siasync.params import (FORMATS, Limits, RawParams, grouped, parse_choice, parse_format, parse_int,
+                            parse_members, parse_pos, parse_size)
 from siasync.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document
 from siasync.worker import EXTENSIONS
 from storage.table import render_row, with_base
@@ -97,17 +97,6 @@ def input_params(limits: Limits) -> tuple[InputParam, ...]:
     )
 
 
-def _grouped(raw: RawParams, single: tuple[str, ...]) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Every parameter's values, and the value of each of ``single`` (given once at most)."""
-    values: dict[str, list[str]] = {}
-    for name, value in raw:
-        values.setdefault(name, []).append(value)
-    for name in single:
-        if len(values.get(name, [])) > 1:
-            raise UsageError(name, f"given {len(values[name])} times; give it once")
-    return values, {name: values[name][0] for name in single if name in values}
-
-
 def _field(one: Mapping[str, str], limits: Limits, required: bool = True) -> Field | None:
     """POS and SIZE as a field; each is validated when given, and both are needed unless not ``required``."""
     pos = parse_pos(one["POS"]) if "POS" in one else None
@@ -132,7 +121,7 @@ def parse_query(raw: RawParams, limits: Limits) -> SiaQuery:
     UsageError
         Naming the first parameter at fault.
     """
-    values, one = _grouped(raw, _QUERY_SINGLE)
+    values, one = grouped(raw, _QUERY_SINGLE)
     formats = [parse_format(f) for f in one.get("FORMAT", "ALL").split(",")]  # SIAP 1.0: a list
     if "METADATA" in formats and len(formats) > 1:
         raise UsageError("FORMAT", "METADATA cannot be combined with other formats")
@@ -158,7 +147,7 @@ def parse_cutout(raw: RawParams, limits: Limits) -> CutoutRequest:
     UsageError
         Naming the first parameter at fault.
     """
-    _, one = _grouped(raw, _CUTOUT_SINGLE)
+    _, one = grouped(raw, _CUTOUT_SINGLE)
     image_id = one.get("ID", "").strip()
     if not image_id:
         raise UsageError("ID", "required: give the archive image id of a /sia row")
