@@ -77,6 +77,10 @@ class ParentImage:
                 self.close()
                 raise
         self.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        #: the unit of the physical values, if the header names one
+        self.bunit: str | None = header.get("BUNIT")
+        #: what `physical` applies to raw stored values (astropy applies it to compressed data itself)
+        self._scaling = (float(header.get("BSCALE", 1)), float(header.get("BZERO", 0)), header.get("BLANK"))
         self._frame = wcs_to_celestial_frame(self.wcs)
         self.compressed = isinstance(self._hdu, fits.CompImageHDU)
         if not self.compressed:
@@ -127,6 +131,19 @@ class ParentImage:
             if os.preadv(self._fd, [out[j]], base + (y0 + j) * stride) != row_bytes:
                 raise ArchiveError(f"{self.path} is truncated")
         return out
+
+    def physical(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Physical values of ``[y0:y1, x0:x1]`` as float64: scaled, and BLANK as NaN."""
+        stored = self.read(y0, y1, x0, x1)
+        if self.compressed:
+            return stored.astype(float)
+        scale, zero, blank = self._scaling
+        values = stored.astype(float)
+        if (scale, zero) != (1.0, 0.0):
+            values = values * scale + zero
+        if blank is not None and stored.dtype.kind in "iu":
+            values[stored == blank] = np.nan
+        return values
 
     def to_pixels(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """0-based pixel coordinates of ICRS positions (degrees)."""
