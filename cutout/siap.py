@@ -7,7 +7,9 @@ table writers render them.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
-from astropy.wcs.utils import wcs_to_celestial_frame
+from astropy.wcs.utils import proj_plane_pixel_scales, wcs_to_celestial_frame
 
 from cutout.scan import ImageRecord
 from cutout.sky import Field
@@ -42,7 +44,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("scale", "VOX:Image_Scale", "double", "*", "deg", "pixel scale along each axis"),
     Column("format", "VOX:Image_Format", "char", "*", None, "MIME type of the product"),
     Column("access_url", "VOX:Image_AccessReference", "char", "*", None, "URL of the product"),
-    Column("pixflags", "VOX:Image_PixFlags", "char", "*", None, "C: pixels copied from the parent"),
+    Column("pixflags", "VOX:Image_PixFlags", "char", "*", None,
+           "C: pixels copied from the parent; F: resampled (mosaics, stacks); V: a visualisation"),
     Column("coord_frame", "VOX:STC_CoordRefFrame", "char", "*", None, "celestial frame"),
     Column("equinox", "VOX:STC_CoordEquinox", "double", None, "yr", "equinox"),
     Column("projection", "VOX:WCS_CoordProjection", "char", "*", None, "WCS projection code"),
@@ -72,31 +75,67 @@ BANDPASSES: dict[str, tuple[float, float, float]] = {
 }
 
 
+def band_order(bands: Iterable[str]) -> list[str]:
+    """Bands from blue to red: known bands by wavelength, then the others by name."""
+    return sorted(bands, key=lambda b: (BANDPASSES[b.lower()][0] if b.lower() in BANDPASSES else math.inf, b))
+
+
 def product_metadata(header: fits.Header, shape: tuple[int, int], record: ImageRecord, field: Field,
                      field_index: int, mime: str, filesize: int | None, result_id: str | None) -> dict[str, Any]:
     """The SIAP row values of one product cut from ``record`` for ``field``.
 
     The access URL is left out: it depends on where the service is reached.
     """
+    band = BANDPASSES.get(record.band.lower())
+    return _row(header, shape, field, field_index, mime, filesize, result_id,
+                title=f"{record.collection} {record.band} {record.id} field {field_index}", pixflags="C",
+                band=record.band, bandpass=band, mjd=record.mjd, collection=record.collection, parent_id=record.id)
+
+
+def generated_metadata(header: fits.Header, shape: tuple[int, int], records: Sequence[ImageRecord], field: Field,
+                       field_index: int, mime: str, filesize: int | None, result_id: str | None) -> dict[str, Any]:
+    """The SIAP row values of a mosaic or stack of ``records`` (the inputs) on the grid of ``header``.
+
+    The pixels are resampled (PixFlags ``F``), and a preview is a visualisation (``FV``).
+    The bands and the parent ids list every input; the bandpass spans them all, and the
+    MJD is their mean.
+    """
+    bands = band_order({r.band for r in records})
+    known = [BANDPASSES[b.lower()] for b in bands if b.lower() in BANDPASSES]
+    bandpass = None
+    if known and len(known) == len(bands):
+        bandpass = (known[0][0] if len(known) == 1 else None, min(k[1] for k in known), max(k[2] for k in known))
+    mjds = [r.mjd for r in records if r.mjd is not None]
+    collections = ",".join(sorted({r.collection for r in records}))
+    kind = "stack" if len(bands) > 1 else "mosaic"
+    return _row(header, shape, field, field_index, mime, filesize, result_id,
+                title=f"{collections} {','.join(bands)} {kind} of {len(records)} images field {field_index}",
+                pixflags="F" if mime == "image/fits" else "FV", band=",".join(bands), bandpass=bandpass,
+                mjd=float(np.mean(mjds)) if mjds else None, collection=collections,
+                parent_id=",".join(r.id for r in records))
+
+
+def _row(header: fits.Header, shape: tuple[int, int], field: Field, field_index: int, mime: str,
+         filesize: int | None, result_id: str | None, *, title: str, pixflags: str, band: str,
+         bandpass: tuple[float | None, float, float] | None, mjd: float | None, collection: str,
+         parent_id: str) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
         wcs = WCS(header).celestial
     ny, nx = shape
     centre = wcs.pixel_to_world((nx - 1) / 2, (ny - 1) / 2).icrs
     frame = wcs_to_celestial_frame(wcs)
-    scales = np.abs(np.diag(wcs.pixel_scale_matrix))
-    band = BANDPASSES.get(record.band.lower())
+    scales = proj_plane_pixel_scales(wcs)  # along each axis, rotated or not
     return {
-        "title": f"{record.collection} {record.band} {record.id} field {field_index}",
-        "ra": float(centre.ra.deg), "dec": float(centre.dec.deg), "naxes": 2, "naxis": [nx, ny],
-        "scale": [float(s) for s in scales], "format": mime, "pixflags": "C",
-        "coord_frame": frame.name.upper(), "equinox": 2000.0,
+        "title": title, "ra": float(centre.ra.deg), "dec": float(centre.dec.deg), "naxes": 2, "naxis": [nx, ny],
+        "scale": [float(s) for s in scales], "format": mime, "pixflags": pixflags,
+        "coord_frame": frame.name.upper(), "equinox": float(header.get("EQUINOX", 2000.0)),
         "projection": wcs.wcs.ctype[0][5:8], "crpix": [float(v) for v in wcs.wcs.crpix],
         "crval": [float(v) for v in wcs.wcs.crval], "cd": [float(v) for v in wcs.pixel_scale_matrix.ravel()],
-        "bandpass_id": record.band, "bandpass_unit": "m" if band else None,
-        "bandpass_refvalue": band[0] if band else None, "bandpass_lolimit": band[1] if band else None,
-        "bandpass_hilimit": band[2] if band else None, "mjd_obs": record.mjd, "filesize": filesize,
-        "instrument": str(header.get("INSTRUME", "")).strip() or None, "collection": record.collection,
-        "parent_id": record.id, "field": field_index, "field_ra": field.ra, "field_dec": field.dec,
+        "bandpass_id": band, "bandpass_unit": "m" if bandpass else None,
+        "bandpass_refvalue": bandpass[0] if bandpass else None, "bandpass_lolimit": bandpass[1] if bandpass else None,
+        "bandpass_hilimit": bandpass[2] if bandpass else None, "mjd_obs": mjd, "filesize": filesize,
+        "instrument": str(header.get("INSTRUME", "")).strip() or None, "collection": collection,
+        "parent_id": parent_id, "field": field_index, "field_ra": field.ra, "field_dec": field.dec,
         "result_id": result_id,
     }

@@ -47,7 +47,8 @@ def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
                   destruction_default_s=settings.destruction_default_s, destruction_max_s=settings.destruction_max_s,
                   execution_default_s=settings.execution_default_s, execution_max_s=settings.execution_max_s,
                   owner_active_jobs=settings.owner_active_jobs, owner_queued_fields=settings.owner_queued_fields,
-                  upload_urls=settings.upload_urls)
+                  upload_urls=settings.upload_urls, max_output_pixels=settings.max_output_pixels,
+                  finest_scale_deg=min((r.scale for r in index.records), default=1.0) / 3600)
 
 
 async def _reaper(service: JobService, interval: float) -> None:

@@ -20,7 +20,7 @@ With ``policy="fifo"`` batches go out in the order the jobs planned them instead
 plain shared queue would do (the baseline of bench/staging_bench.py).
 
 The dispatcher also measures throughput: (field, image) pairs per second per worker (a
-pair is one product for FITS, two for ``ALL``), as a moving average over the last
+pair is one product for FITS, two for ``ALL``; a mosaic counts its inputs), as a moving average over the last
 `WINDOW` batches, from the time each batch took on its worker. Costs and quotes are
 counted in pairs too.
 """
@@ -62,7 +62,7 @@ class Throughput:
     def record(self, outcomes: list[PairOutcome]) -> None:
         seconds = sum(o.seconds for o in outcomes)
         if seconds > 0:
-            self._batches.append((len(outcomes), seconds))
+            self._batches.append((sum(o.pairs for o in outcomes), seconds))
 
     def per_worker(self) -> float | None:
         seconds = sum(s for _, s in self._batches)
@@ -161,7 +161,7 @@ class Dispatcher:
                     future.set_exception(exc)
         else:
             self.throughput.record(outcomes)
-            ticket.remaining = max(0, ticket.remaining - len(outcomes))
+            ticket.remaining = max(0, ticket.remaining - sum(o.pairs for o in outcomes))
             if not future.done():
                 future.set_result(outcomes)
         finally:

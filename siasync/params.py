@@ -18,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any
 
+from cutout.mosaic import COMBINES, FRAMES, PROJECTIONS, GridSpec
 from cutout.sky import Field, Intersect
 from siasync.errors import UsageError
 from siasync.uploads import Upload, read_fields
-from siasync.vocabulary import FORMATS
+from siasync.vocabulary import FORMATS, MODES
 
 _NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
 _SEPARATORS = re.compile(r"[;\r\n]+")
@@ -46,6 +47,10 @@ class Limits:
     owner_queued_fields: int = 100_000
     #: URL prefixes an UPLOAD may be fetched from (none: uploads come in the request)
     upload_urls: tuple[str, ...] = ()
+    #: pixels of one generated image (MODE=mosaic or stack), per band
+    max_output_pixels: int = 4096 * 4096
+    #: the finest pixel scale in the archive: the default CDELT can be no finer
+    finest_scale_deg: float = 1 / 3600
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,14 @@ class StagingRequest:
     #: each field's own (square) size from an upload's size column, None where it has none;
     #: empty when no field has one
     sizes: tuple[float | None, ...] = ()
+    #: ``cutout`` (pixels copied), ``mosaic`` (one co-add per band) or ``stack`` (every band, one grid)
+    mode: str = "cutout"
+    #: the output grid of a mosaic or stack, as requested
+    grid: GridSpec = GridSpec()
+    #: how a mosaic combines overlapping images: mean, median or sum
+    combine: str = "mean"
+    #: whether a mosaic matches the images' backgrounds
+    match_background: bool = False
 
     def fields(self, start: int = 0, stop: int | None = None) -> list[Field]:
         """One `Field` per position (from ``start`` to ``stop``), each with its size."""
@@ -77,21 +90,29 @@ class StagingRequest:
 
     @property
     def products(self) -> tuple[str, ...]:
-        """MIME types of the files made per (field, image)."""
+        """MIME types of the files made per (field, image), or per (field, band) of a mosaic, per field of a stack.
+
+        A stack in FITS comes with a colour preview (when it has three bands or more).
+        """
+        if self.mode == "stack" and self.format in ("image/fits", "ALL"):
+            return ("image/fits", "image/png")
         return FORMATS[self.format]
 
     def to_spec(self) -> dict[str, Any]:
         """Plain JSON-able data, as stored and as sent to workers."""
         return {"positions": [list(p) for p in self.positions], "size": self.size and list(self.size),
                 "format": self.format, "intersect": self.intersect, "collections": list(self.collections),
-                "bands": list(self.bands), "sizes": list(self.sizes)}
+                "bands": list(self.bands), "sizes": list(self.sizes), "mode": self.mode,
+                "grid": self.grid.to_spec(), "combine": self.combine, "match_background": self.match_background}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> StagingRequest:
-        """Inverse of `to_spec`."""
+        """Inverse of `to_spec` (specs stored before mosaics are cutout requests)."""
         return cls(positions=tuple(map(tuple, spec["positions"])), size=spec["size"] and tuple(spec["size"]),
                    format=spec["format"], intersect=spec["intersect"], collections=tuple(spec["collections"]),
-                   bands=tuple(spec["bands"]), sizes=tuple(spec.get("sizes", ())))
+                   bands=tuple(spec["bands"]), sizes=tuple(spec.get("sizes", ())), mode=spec.get("mode", "cutout"),
+                   grid=GridSpec.from_spec(spec["grid"]) if "grid" in spec else GridSpec(),
+                   combine=spec.get("combine", "mean"), match_background=spec.get("match_background", False))
 
 
 @dataclass(frozen=True)
@@ -137,14 +158,16 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None,
     if "SIZE" not in one and None in sizes:
         raise UsageError("SIZE", "required: give SIZE=s or SIZE=w,h in degrees"
                          + (" (or a size for every row of the upload)" if uploads else ""))
+    size = parse_size(one["SIZE"], limits.max_size_deg) if "SIZE" in one else None
     request = StagingRequest(
         positions=tuple(positions),
-        size=parse_size(one["SIZE"], limits.max_size_deg) if "SIZE" in one else None,
+        size=size,
         sizes=tuple(sizes) if any(s is not None for s in sizes) else (),
         format=parse_format(one.get("FORMAT", "image/fits")),
         intersect=parse_choice("INTERSECT", one.get("INTERSECT", "OVERLAPS"), [m.value for m in Intersect]),
         collections=parse_members("COLLECTION", values.get("COLLECTION", []), limits.collections),
         bands=parse_members("BAND", values.get("BAND", []), limits.bands),
+        **parse_generation(one, limits, {(s, s) for s in sizes if s is not None} | ({size} if size else set())),
     )
     control = JobControl(
         run_id=parse_run_id(one["RUNID"]) if "RUNID" in one else None,
@@ -287,6 +310,61 @@ def parse_run_id(text: str) -> str:
     return text
 
 
+def parse_generation(one: Mapping[str, str], limits: Limits, extents: Iterable[tuple[float, float]]) -> dict[str, Any]:
+    """MODE, the output grid (SIAP 1.0 image generation), COMBINE and BACKGROUND.
+
+    ``extents`` are the fields' (width, height) in degrees, for the output pixel count.
+    The grid parameters apply only to MODE=mosaic or stack; the output pixels per band
+    are capped at ``limits.max_output_pixels``.
+    """
+    mode = parse_choice("MODE", one.get("MODE", "cutout"), [m.upper() for m in MODES]).lower()
+    if mode == "cutout":
+        for name in GENERATION_PARAMETERS:
+            if name in one:
+                raise UsageError(name, "applies only to MODE=mosaic or MODE=stack")
+        return {}
+    frame = parse_choice("CFRAME", one.get("CFRAME", "ICRS"), list(FRAMES))
+    if "EQUINOX" in one and frame not in ("FK4", "FK5"):
+        raise UsageError("EQUINOX", f"applies only to CFRAME=FK4 or FK5, not {frame}")
+    naxis = parse_pair("NAXIS", one["NAXIS"], parse_int) if "NAXIS" in one else None
+    if naxis is not None and min(naxis) < 1:
+        raise UsageError("NAXIS", f"expected positive pixel counts, got {one['NAXIS']!r}")
+    cdelt = parse_pair("CDELT", one["CDELT"], parse_number) if "CDELT" in one else None
+    if cdelt is not None:
+        if len(one["CDELT"].split(",")) == 1:
+            cdelt = (-abs(cdelt[0]), abs(cdelt[0]))  # one scale: east to the left, north up
+        if not all(1e-7 <= abs(c) <= 1.0 for c in cdelt):
+            raise UsageError("CDELT", f"degrees per pixel must be between 1e-7 and 1 in size, got {one['CDELT']!r}")
+    crval = parse_pair("CRVAL", one["CRVAL"], parse_number, single=False) if "CRVAL" in one else None
+    if crval is not None and not (0.0 <= crval[0] < 360.0 and -90.0 <= crval[1] <= 90.0):
+        raise UsageError("CRVAL", f"expected longitude in [0, 360) and latitude in [-90, 90], got {one['CRVAL']!r}")
+    equinox = parse_number("EQUINOX", one["EQUINOX"]) if "EQUINOX" in one else None
+    if equinox is not None and not 1000.0 <= equinox <= 3000.0:
+        raise UsageError("EQUINOX", f"expected a year such as 2000, got {one['EQUINOX']!r}")
+    grid = GridSpec(naxis=naxis, frame=frame, equinox=equinox, cdelt=cdelt, crval=crval,
+                    crpix=parse_pair("CRPIX", one["CRPIX"], parse_number, single=False) if "CRPIX" in one else None,
+                    rotang=parse_number("ROTANG", one["ROTANG"]) % 360.0 if "ROTANG" in one else 0.0,
+                    proj=parse_choice("PROJ", one.get("PROJ", "TAN"), list(PROJECTIONS)))
+    pixels = max((grid.pixels_bound(w, h, limits.finest_scale_deg) for w, h in extents), default=0)
+    if pixels > limits.max_output_pixels:
+        culprit = "NAXIS" if naxis else "CDELT" if cdelt else "SIZE"
+        raise UsageError(culprit, f"the output would have {pixels} pixels per band, more than the limit of "
+                                  f"{limits.max_output_pixels}; give a coarser CDELT, a smaller NAXIS or SIZE")
+    return {"mode": mode, "grid": grid, "combine": parse_choice("COMBINE", one.get("COMBINE", "mean"),
+                                                                [c.upper() for c in COMBINES]).lower(),
+            "match_background": parse_choice("BACKGROUND", one.get("BACKGROUND", "none"), ["NONE", "MATCH"]) == "MATCH"}
+
+
+def parse_pair(param: str, text: str, parse: Any, single: bool = True) -> tuple[Any, Any]:
+    """``a,b``, or (when ``single``) ``a`` meaning ``a,a``."""
+    parts = text.split(",")
+    if len(parts) not in ((1, 2) if single else (2,)):
+        raise UsageError(param, f"expected {'one or two values' if single else 'two values'} "
+                                f"separated by a comma, got {text!r}")
+    values = [parse(param, p) for p in parts]
+    return (values[0], values[-1])
+
+
 def parse_phase_on_create(text: str) -> bool:
     """Only PHASE=RUN is meaningful when a job is created."""
     if text.strip().upper() != "RUN":
@@ -308,7 +386,10 @@ def clamp_destruction(instant: datetime, limits: Limits, now: datetime) -> datet
     return min(instant, now + timedelta(seconds=limits.destruction_max_s))
 
 
+#: the SIAP 1.0 image-generation parameters, and how a mosaic combines its inputs
+GENERATION_PARAMETERS = ("NAXIS", "CFRAME", "EQUINOX", "CRPIX", "CRVAL", "CDELT", "ROTANG", "PROJ", "COMBINE", "BACKGROUND")
 #: parameters that may be given at most once
-_SINGLE = ("SIZE", "FORMAT", "INTERSECT", "RUNID", "EXECUTIONDURATION", "DESTRUCTION", "START", "PHASE")
+_SINGLE = ("SIZE", "FORMAT", "INTERSECT", "RUNID", "EXECUTIONDURATION", "DESTRUCTION", "START", "PHASE", "MODE",
+           *GENERATION_PARAMETERS)
 #: every parameter a job accepts (POS, COLLECTION and BAND repeat)
 JOB_PARAMETERS = ("POS", *_SINGLE, "COLLECTION", "BAND", "UPLOAD")

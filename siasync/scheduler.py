@@ -38,7 +38,7 @@ from siasync.dispatch import Dispatcher, Ticket
 from siasync.jobs import JobService, staging_request
 from siasync.params import StagingRequest
 from siasync.pool import LostTask, TaskPool
-from siasync.worker import BatchTask, PairOutcome, PairTask
+from siasync.worker import BatchTask, PairOutcome, PairTask, coadd_tasks
 from storage.jobs import Job, Product, TableRow
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,7 @@ class Scheduler:
         lo, step = 0, FIRST_PLAN_FIELDS
         while lo < len(request.positions):
             chunk = request.fields(lo, lo + step)
-            matches = await asyncio.to_thread(
-                lambda c=chunk: [self.index.lookup(f, mode, request.collections, request.bands) for f in c])
+            matches = await asyncio.to_thread(self._plan, request, lo, chunk, mode)
             # after a restart some pairs are registered already; the store, not a counter, says which
             done = await self.service.store.done_pairs(job.id, lo, lo + len(chunk) - 1)
             for offset, (field_, records) in enumerate(zip(chunk, matches, strict=True)):
@@ -184,6 +183,13 @@ class Scheduler:
                     progress.empty_count += 1
                     if len(progress.empty_fields) < 1000:
                         progress.empty_fields.append(index)
+                if request.mode != "cutout":  # generated products: one batch each, a field's bands in turn
+                    for unit in records:
+                        if (index, unit.unit) in done:
+                            progress.pairs += len(unit.records)
+                        else:
+                            yield BatchTask(job.id, root, path, (unit,))
+                    continue
                 todo = [r for r in records if (index, r.id) not in done]
                 progress.pairs += len(records) - len(todo)
                 pending += [PairTask(index, field_, r, str(self.index.path_of(r)), request.products) for r in todo]
@@ -193,6 +199,15 @@ class Scheduler:
             lo, step = lo + len(chunk), min(2 * step, PLAN_FIELDS)
         if pending:
             yield BatchTask(job.id, root, path, tuple(pending))
+
+    def _plan(self, request: StagingRequest, lo: int, fields: list, intersect: Intersect) -> list[list]:
+        """Per field, the matching images; or, for MODE=mosaic or stack, the products to generate (a thread's work)."""
+        matches = [self.index.lookup(f, intersect, request.collections, request.bands) for f in fields]
+        if request.mode == "cutout":
+            return matches
+        return [coadd_tasks(lo + i, f, records, [str(self.index.path_of(r)) for r in records], request.mode,
+                            request.grid, request.products, request.combine, request.match_background)
+                for i, (f, records) in enumerate(zip(fields, matches, strict=True))]
 
     def quote(self, job_id: str, remaining: int, start: datetime | None = None) -> datetime | None:
         """When a job with ``remaining`` pairs to make should complete, or None before any measurement.
@@ -307,10 +322,11 @@ class Scheduler:
             await self.service.store.register(job_id, products, rows)
             self.service.results_watch.notify(job_id)
         progress.record(len(products), sum(p.size for p in products))
-        progress.pairs += sum(1 for o in outcomes if o.problem is None)
+        progress.pairs += sum(o.pairs for o in outcomes if o.problem is None)
         for o in outcomes:
-            if o.problem == "warning":
-                progress.warnings = (progress.warnings + [o.message])[-100:]
+            notes = o.notes + ([o.message] if o.problem == "warning" else [])
+            if notes:
+                progress.warnings = (progress.warnings + notes)[-100:]
         fatal = next((o.message for o in outcomes if o.problem == "fatal"), None)
         return fatal
 

@@ -56,6 +56,8 @@ class Settings:
     #: none by default, so that the service never fetches an address a client chose
     upload_urls: tuple[str, ...] = ()
     max_size_deg: float = 2.0
+    #: pixels of one generated (MODE=mosaic or stack) image, per band
+    max_output_pixels: int = 4096 * 4096
     max_body_bytes: int = 16 * 1024 * 1024
     destruction_default_s: int = 7 * 86400
     destruction_max_s: int = 30 * 86400
@@ -75,9 +77,8 @@ class Settings:
         if self.auth == "token" and self.tokens_file is None:
             raise ValueError("auth 'token' needs a tokens_file")
         for name in ("port", "workers", "running_jobs", "owner_active_jobs", "owner_queued_fields", "max_fields",
-                     "max_body_bytes", "destruction_default_s",
-                     "destruction_max_s", "execution_default_s", "execution_max_s", "wait_max_s", "sync_cutouts",
-                     "sia_max_records"):
+                     "max_output_pixels", "max_body_bytes", "destruction_default_s", "destruction_max_s",
+                     "execution_default_s", "execution_max_s", "wait_max_s", "sync_cutouts", "sia_max_records"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.scheduling not in ("fair", "fifo"):

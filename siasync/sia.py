@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-from cutout.engine import ParentImage, cut, cutout_header
+from cutout.engine import ParentCache, ParentImage, cut, cutout_header
 from cutout.errors import ArchiveError, FieldError, NoOverlapError
 from cutout.index import ArchiveIndex
 from cutout.preview import preview_bytes
@@ -25,10 +25,10 @@ from cutout.scan import ImageRecord
 from cutout.siap import Column, product_metadata
 from cutout.sky import Field, Intersect
 from siasync.errors import NotFound, ServiceError, UsageError
-from siasync.params import (FORMATS, Limits, RawParams, grouped, parse_choice, parse_format, parse_int,
-                            parse_members, parse_pos, parse_size)
+from siasync.params import (FORMATS, GENERATION_PARAMETERS, Limits, RawParams, grouped, parse_choice, parse_format,
+                            parse_generation, parse_int, parse_members, parse_pos, parse_size)
 from siasync.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document
-from siasync.worker import EXTENSIONS
+from siasync.worker import EXTENSIONS, CoaddTask, build_coadd, coadd_bytes, coadd_tasks
 from storage.table import render_row, with_base
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ FITS = "image/fits"
 CUTOUT_FORMATS = ("image/fits", "image/png", "image/jpeg")
 #: parameters given at most once, per endpoint (others repeat, or are ignored as DALI asks)
 _QUERY_SINGLE = ("POS", "SIZE", "FORMAT", "INTERSECT", "VERB")
-_CUTOUT_SINGLE = ("ID", "POS", "SIZE", "FORMAT")
+_CUTOUT_SINGLE = ("POS", "SIZE", "FORMAT", "MODE", *GENERATION_PARAMETERS)
 
 
 class ArchiveUnavailable(ServiceError):
@@ -76,6 +76,20 @@ class CutoutRequest:
     image_id: str
     field: Field
     mime: str = FITS
+
+
+@dataclass(frozen=True)
+class CoaddRequest:
+    """A parsed ``/sia/cutout`` request with MODE=mosaic or stack: the field's images co-added on a grid."""
+
+    field: Field
+    mime: str
+    #: `StagingRequest` keywords: mode, grid, combine and match_background
+    generation: dict
+    #: only these archive images (ID, repeatable), else every one that overlaps the field
+    image_ids: tuple[str, ...] = ()
+    collections: tuple[str, ...] = ()
+    bands: tuple[str, ...] = ()
 
 
 def input_params(limits: Limits) -> tuple[InputParam, ...]:
@@ -139,24 +153,31 @@ def parse_query(raw: RawParams, limits: Limits) -> SiaQuery:
     )
 
 
-def parse_cutout(raw: RawParams, limits: Limits) -> CutoutRequest:
-    """Validate a ``/sia/cutout`` request.
+def parse_cutout(raw: RawParams, limits: Limits) -> CutoutRequest | CoaddRequest:
+    """Validate a ``/sia/cutout`` request: a cutout of one image, or (MODE=mosaic or stack) a co-add.
 
     Raises
     ------
     UsageError
         Naming the first parameter at fault.
     """
-    _, one = grouped(raw, _CUTOUT_SINGLE)
-    image_id = one.get("ID", "").strip()
-    if not image_id:
-        raise UsageError("ID", "required: give the archive image id of a /sia row")
+    values, one = grouped(raw, _CUTOUT_SINGLE)
     field = _field(one, limits)
     assert field is not None  # _field raises instead, when required
     mime = parse_format(one.get("FORMAT", FITS))
     if mime not in CUTOUT_FORMATS:
-        raise UsageError("FORMAT", f"a cutout is one of {', '.join(CUTOUT_FORMATS)}, got {one['FORMAT']!r}")
-    return CutoutRequest(image_id, field, mime)
+        raise UsageError("FORMAT", f"a product is one of {', '.join(CUTOUT_FORMATS)}, got {one['FORMAT']!r}")
+    generation = parse_generation(one, limits, [(field.width, field.height)])
+    ids = [i.strip() for text in values.get("ID", []) for i in text.split(",")]
+    if generation:
+        return CoaddRequest(field, mime, generation, tuple(dict.fromkeys(i for i in ids if i)),
+                            parse_members("COLLECTION", values.get("COLLECTION", []), limits.collections),
+                            parse_members("BAND", values.get("BAND", []), limits.bands))
+    if len(ids) > 1:
+        raise UsageError("ID", "a cutout is of one image; give ID once (several only with MODE=mosaic or stack)")
+    if not ids or not ids[0]:
+        raise UsageError("ID", "required: give the archive image id of a /sia row")
+    return CutoutRequest(ids[0], field, mime)
 
 
 def cutout_path(image_id: str, field: Field, mime: str) -> str:
@@ -225,6 +246,28 @@ def make_cutout(path: Path, record: ImageRecord, field: Field, mime: str) -> byt
     return piece.to_fits() if mime == FITS else preview_bytes(piece.data, mime)
 
 
+def make_coadd(task: CoaddTask, mime: str) -> bytes:
+    """A mosaic or stack of one field, exactly as an async job writes it (with a cache of its own).
+
+    Raises
+    ------
+    UsageError
+        When no input covers the grid (naming POS).
+    """
+    cache = ParentCache()
+    try:
+        mosaics, warnings = build_coadd(task, cache)
+    except NoOverlapError as exc:
+        raise UsageError("POS", str(exc)) from None
+    finally:
+        cache.clear()
+    for warning in warnings:
+        log.warning("/sia/cutout: %s", warning)
+    data = coadd_bytes(task, mosaics, mime)
+    assert data is not None  # only a FITS stack's extra preview is ever left out
+    return data
+
+
 class SiaService:
     """Synchronous SIAP 1.0 over an archive index.
 
@@ -262,6 +305,11 @@ class SiaService:
         UsageError, NotFound, ArchiveUnavailable
         """
         request = parse_cutout(raw, self.limits)
+        if isinstance(request, CoaddRequest):
+            task = self._coadd_task(request)
+            async with self._slots:
+                data = await asyncio.to_thread(make_coadd, task, request.mime)
+            return data, request.mime, f"{task.unit}.{EXTENSIONS[request.mime]}"
         record = self.index.by_id.get(request.image_id)
         if record is None:
             raise NotFound(f"ID: no image {request.image_id!r} in this archive")
@@ -270,3 +318,31 @@ class SiaService:
                                            request.mime)
         return data, request.mime, f"{record.id}.{EXTENSIONS[request.mime]}"
 
+
+    def _coadd_task(self, request: CoaddRequest) -> CoaddTask:
+        """The one product of a synchronous mosaic or stack: its inputs, grid and bands.
+
+        Raises
+        ------
+        NotFound
+            For an ID not in the archive.
+        UsageError
+            When no image overlaps the field, or a mosaic would mix bands.
+        """
+        missing = [i for i in request.image_ids if i not in self.index.by_id]
+        if missing:
+            raise NotFound(f"ID: no image {missing[0]!r} in this archive")
+        records = self.index.lookup(request.field, Intersect.OVERLAPS, request.collections, request.bands)
+        if request.image_ids:
+            records = [r for r in records if r.id in request.image_ids]
+        if not records:
+            raise UsageError("POS", "no archive image overlaps the field" + (" among the given IDs" if request.image_ids
+                                                                              else ""))
+        bands = sorted({r.band for r in records})
+        mode = request.generation["mode"]
+        if mode == "mosaic" and len(bands) > 1:
+            raise UsageError("BAND", f"a mosaic is of one band, and the field has images in {', '.join(bands)}: "
+                                     "give BAND (or MODE=stack for every band)")
+        options = {k: v for k, v in request.generation.items() if k != "mode"}
+        return coadd_tasks(0, request.field, records, [str(self.index.path_of(r)) for r in records], mode,
+                           options.pop("grid"), (request.mime,), **options)[0]

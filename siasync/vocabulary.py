@@ -12,6 +12,9 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "METADATA": (),
 }
 
+#: MODE values: cutouts of each image, a co-add per band, or every band's co-add on one grid
+MODES = ("cutout", "mosaic", "stack")
+
 #: the UWS 1.1 phases
 PHASES = ("PENDING", "QUEUED", "EXECUTING", "COMPLETED", "ERROR", "ABORTED", "UNKNOWN", "HELD",
           "SUSPENDED", "ARCHIVED")

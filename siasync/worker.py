@@ -15,11 +15,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from astropy.io import fits
+
 from cutout.engine import ParentCache, cut, cutout_header
 from cutout.errors import ArchiveError, NoOverlapError
+from cutout.mosaic import Grid, GridSpec, Mosaic, coadd, colour_preview, mosaic_fits, read_input, stack_fits, unit_id
 from cutout.preview import preview_bytes
 from cutout.scan import ImageRecord
-from cutout.siap import product_metadata
+from cutout.siap import band_order, generated_metadata, product_metadata
 from cutout.sky import Field
 from storage.files import ResultFiles
 from storage.table import render_row
@@ -42,14 +45,94 @@ class PairTask:
 
 
 @dataclass(frozen=True)
+class CoaddTask:
+    """One generated product of a field: the mosaic of one band, or the stack of every band."""
+
+    field_index: int
+    field: Field
+    #: the product's id within the field (`cutout.mosaic.unit_id`), in the place of an image id
+    unit: str
+    grid: Grid
+    #: the inputs, bands in `band_order`, and their absolute paths
+    records: tuple[ImageRecord, ...]
+    paths: tuple[str, ...]
+    #: MIME types to write (empty for FORMAT=METADATA: a table row only)
+    products: tuple[str, ...]
+    combine: str = "mean"
+    match_background: bool = False
+
+    @property
+    def bands(self) -> list[str]:
+        """The bands of the inputs, in `band_order`."""
+        return list(dict.fromkeys(r.band for r in self.records))
+
+
+def coadd_tasks(field_index: int, field: Field, records: list[ImageRecord], paths: list[str], mode: str,
+                spec: GridSpec, products: tuple[str, ...], combine: str = "mean",
+                match_background: bool = False) -> list[CoaddTask]:
+    """The products of a field in MODE=mosaic (one per band) or stack (one): none when no image matches.
+
+    Every band of the field is resolved onto one grid, at the finest scale among all its inputs.
+    """
+    if not records:
+        return []
+    grid = spec.resolve(field, min(r.scale for r in records) / 3600)
+    bands = band_order({r.band for r in records})
+    ranked = sorted(zip(records, paths, strict=True), key=lambda rp: (bands.index(rp[0].band), rp[0].id))
+    groups = [ranked] if mode == "stack" else [[rp for rp in ranked if rp[0].band == b] for b in bands]
+    return [CoaddTask(field_index, field, unit_id(mode, None if mode == "stack" else group[0][0].band), grid,
+                      tuple(r for r, _ in group), tuple(p for _, p in group), products, combine, match_background)
+            for group in groups]
+
+
+def build_coadd(task: CoaddTask, cache: ParentCache) -> tuple[list[Mosaic], list[str]]:
+    """Read and co-add a task's inputs, one `Mosaic` per band; and a warning per unreadable input.
+
+    Raises
+    ------
+    NoOverlapError
+        When no input covers the grid after all.
+    """
+    inputs, warnings = {}, []
+    for record, path in zip(task.records, task.paths, strict=True):
+        try:
+            parent = cache.get(path, record.hdu, record.id, record.path)
+            inputs.setdefault(record.band, []).append(read_input(parent, task.grid, record.band, record.mjd))
+        except NoOverlapError:
+            continue
+        except (ArchiveError, OSError, ValueError) as exc:
+            warnings.append(f"{record.path}: left out of {task.unit} of field {task.field_index} ({exc})")
+    if not inputs:
+        raise NoOverlapError(f"no image covers the grid of field {task.field_index}")
+    return [coadd(inputs[b], task.grid, task.combine, task.match_background) for b in task.bands if b in inputs], \
+        warnings
+
+
+def coadd_bytes(task: CoaddTask, mosaics: list[Mosaic], mime: str) -> bytes | None:
+    """A generated product's file; None for a stack's colour preview when it has fewer than three bands."""
+    request = fits.Header([("REQ_RA", task.field.ra, "[deg] requested POS, ICRS RA"),
+                           ("REQ_DEC", task.field.dec, "[deg] requested POS, ICRS Dec"),
+                           ("REQ_W", task.field.width, "[deg] requested SIZE, width"),
+                           ("REQ_H", task.field.height, "[deg] requested SIZE, height")])
+    stack = task.unit == "stack"
+    if mime == "image/fits":
+        return stack_fits(mosaics, request) if stack else mosaic_fits(mosaics[0], request)
+    if stack and len(mosaics) >= 3:
+        return colour_preview([mosaics[0], mosaics[len(mosaics) // 2], mosaics[-1]], mime)
+    if stack and "image/fits" in task.products:
+        return None  # the FITS stack's preview is in colour, or none
+    return preview_bytes(mosaics[-1].data, mime)
+
+
+@dataclass(frozen=True)
 class BatchTask:
-    """Pairs of one job, cut by one worker in one go."""
+    """Pairs of one job, cut by one worker in one go (or a generated product, `CoaddTask`)."""
 
     job_id: str
     results_root: str
     #: URL path of the job's results, e.g. "/async/JOB/results/"
     results_path: str
-    pairs: tuple[PairTask, ...]
+    pairs: tuple[PairTask | CoaddTask, ...]
 
 
 @dataclass
@@ -65,6 +148,10 @@ class PairOutcome:
     message: str = ""
     #: time spent on the pair in the worker (the measure of throughput behind the quote)
     seconds: float = 0.0
+    #: (field, image) pairs this stands for: a generated product counts its inputs
+    pairs: int = 1
+    #: warnings of a product made all the same (an input left out)
+    notes: list[str] = field(default_factory=list)
 
 
 def result_name(field_index: int, image_id: str, mime: str) -> str:
@@ -107,12 +194,55 @@ def run_batch(task: BatchTask) -> list[PairOutcome]:
     outcomes = []
     for pair in task.pairs:
         start = time.perf_counter()
-        outcome = _run_pair(pair, task, files)
+        outcome = _run_coadd(pair, task, files) if isinstance(pair, CoaddTask) else _run_pair(pair, task, files)
         outcome.seconds = time.perf_counter() - start
         outcomes.append(outcome)
         if outcome.problem in ("fatal", "gone"):
             break
     return outcomes
+
+
+def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutcome:
+    outcome = PairOutcome(unit.field_index, unit.unit, pairs=len(unit.records))
+    if not unit.products:  # METADATA: describe the grid, without reading pixels
+        values = generated_metadata(unit.grid.header(), unit.grid.shape, unit.records, unit.field, unit.field_index,
+                                    "image/fits", None, None)
+        outcome.rows.append((None, render_row(values, None)))
+        return outcome
+    try:
+        mosaics, outcome.notes = build_coadd(unit, _cache)
+    except NoOverlapError as exc:
+        outcome.problem, outcome.message = "skipped", str(exc)
+        return outcome
+    used = {i for m in mosaics for i in m.inputs}
+    records = [r for r in unit.records if r.id in used]
+    for mime in unit.products:
+        data = coadd_bytes(unit, mosaics, mime)
+        if data is None:
+            continue
+        name = result_name(unit.field_index, unit.unit, mime)
+        if not _write(outcome, files, task, name, data):
+            return outcome
+        header = mosaics[0].header() if len(mosaics) == 1 else mosaics[0].grid.header()
+        values = generated_metadata(header, unit.grid.shape, records, unit.field, unit.field_index, mime,
+                                    len(data), name)
+        outcome.products.append((name, len(data), mime))
+        outcome.rows.append((name, render_row(values, task.results_path + name)))
+    return outcome
+
+
+def _write(outcome: PairOutcome, files: ResultFiles, task: BatchTask, name: str, data: bytes) -> bool:
+    """Write a product; on failure record why in ``outcome`` and return False."""
+    try:
+        files.write(task.job_id, name, data)
+    except FileNotFoundError:
+        outcome.problem = "gone"  # the job was destroyed: never recreate its directory
+        return False
+    except OSError as exc:
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+        outcome.problem, outcome.message = "fatal", f"cannot write results: {reason}"
+        return False
+    return True
 
 
 def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcome:
@@ -139,15 +269,9 @@ def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcom
         return outcome
     for mime, data in encoded:
         name = result_name(pair.field_index, pair.record.id, mime)
-        try:
-            size = files.write(task.job_id, name, data)
-        except FileNotFoundError:
-            outcome.problem = "gone"  # the job was destroyed: never recreate its directory
+        if not _write(outcome, files, task, name, data):
             return outcome
-        except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
-            outcome.problem, outcome.message = "fatal", f"cannot write results: {reason}"
-            return outcome
+        size = len(data)
         values = product_metadata(header, piece.shape, pair.record, pair.field, pair.field_index, mime, size, name)
         outcome.products.append((name, size, mime))
         outcome.rows.append((name, render_row(values, task.results_path + name)))
