@@ -387,7 +387,8 @@ def clamp_destruction(instant: datetime, limits: Limits, now: datetime) -> datet
 
 
 #: the SIAP 1.0 image-generation parameters, and how a mosaic combines its inputs
-GENERATION_PARAMETERS = ("NAXIS", "CFRAME", "EQUINOX", "CRPIX", "CRVAL", "CDELT", "ROTANG", "PROJ", "COMBINE", "BACKGROUND")
+GENERATION_PARAMETERS = ("NAXIS", "CFRAME", "EQUINOX", "CRPIX", "CRVAL", "CDELT", "ROTANG", "PROJ", "COMBINE",
+                         "BACKGROUND")
 #: parameters that may be given at most once
 _SINGLE = ("SIZE", "FORMAT", "INTERSECT", "RUNID", "EXECUTIONDURATION", "DESTRUCTION", "START", "PHASE", "MODE",
            *GENERATION_PARAMETERS)
