@@ -35,6 +35,7 @@ bench: $(VENV)/.installed-bench demo
 	$(BIN)/python bench/cutout_bench.py
 	$(BIN)/python bench/service_bench.py --archive $(DEMO)
 	$(BIN)/python bench/staging_bench.py --archive $(DEMO)
+	$(BIN)/python bench/stack_bench.py --archive $(DEMO)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache bench/.scratch
