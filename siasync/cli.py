@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from siasync.vocabulary import FORMATS, PHASES
+from siasync.vocabulary import FORMATS, MODES, PHASES
 
 
 #: The committed generator settings, found next to the source tree of a checkout.
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--format", type=_format, help=f"one of {', '.join(FORMATS)} (default image/fits)")
     fetch.add_argument("--collection", action="append", type=_word, help="only this collection (repeatable)")
     fetch.add_argument("--band", action="append", type=_word, help="only this band (repeatable)")
+    fetch.add_argument("--mode", choices=MODES, help="cutout (the default), mosaic (a co-add per band) or stack "
+                                                     "(every band on one grid, with a colour preview)")
+    fetch.add_argument("--param", action="append", type=_param, metavar="NAME=VALUE",
+                       help="another job parameter, e.g. NAXIS=512 or COMBINE=median (repeatable)")
     fetch.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the files go")
     fetch.add_argument("--job", type=_word, metavar="JOB_URL", help="resume this job instead of creating one")
     fetch.add_argument("--delete", action="store_true", help="destroy the job once everything is downloaded")
@@ -182,6 +186,14 @@ def _format(text: str) -> str:
         if name.lower() == text.strip().lower():
             return name
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(FORMATS)}, got {text!r}")
+
+
+def _param(text: str) -> tuple[str, str]:
+    """``NAME=VALUE``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip().upper(), value.strip()
 
 
 def _word(text: str) -> str:

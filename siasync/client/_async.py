@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -77,7 +77,7 @@ class AsyncClient:
     async def submit(self, pos: Iterable[tuple[float, float]] = (), size: float | tuple[float, float] | None = None,
                      format: str | None = None, collection: Iterable[str] = (), band: Iterable[str] = (),
                      positions_file: Path | str | None = None, run: bool = True, *, intersect: str | None = None,
-                     run_id: str | None = None) -> AsyncJob:
+                     run_id: str | None = None, params: Mapping[str, str] | None = None) -> AsyncJob:
         """Create a job (and run it, unless ``run`` is false).
 
         Parameters
@@ -92,13 +92,15 @@ class AsyncClient:
             A CSV or VOTable of positions, sent as a DALI upload (``UPLOAD=fields,param:fields``).
         run : bool
             Send ``PHASE=RUN`` with the job.
+        params : mapping, optional
+            Any other job parameters by name, such as ``{"MODE": "stack", "NAXIS": "512"}``.
 
         Returns
         -------
         AsyncJob
             The new job.
         """
-        form = job_form(pos, size, format, collection, band, intersect, run_id, run, positions_file is not None)
+        form = job_form(pos, size, format, collection, band, intersect, run_id, run, positions_file is not None, params)
         files = {"fields": upload_part(Path(positions_file))} if positions_file is not None else None
         response = await self.request("POST", f"{self.base_url}/async", data=form, files=files)
         location = response.headers.get("location")

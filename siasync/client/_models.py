@@ -164,9 +164,12 @@ def _int(value: Any) -> int | None:
 def job_form(pos: Iterable[tuple[float, float]] = (), size: float | tuple[float, float] | None = None,
              format: str | None = None, collection: Iterable[str] = (), band: Iterable[str] = (),
              intersect: str | None = None, run_id: str | None = None, run: bool = True,
-             upload: bool = False) -> dict[str, str | list[str]]:
-    """The form fields that create a job (``upload``: the positions come in a file part named ``fields``)."""
-    form: dict[str, str | list[str]] = {}
+             upload: bool = False, params: Mapping[str, str] | None = None) -> dict[str, str | list[str]]:
+    """The form fields that create a job (``upload``: the positions come in a file part named ``fields``).
+
+    ``params`` are any other job parameters, by name (e.g. MODE, NAXIS, CDELT).
+    """
+    form: dict[str, str | list[str]] = {name.upper(): str(value) for name, value in (params or {}).items()}
     positions = [f"{float(ra)!r},{float(dec)!r}" for ra, dec in pos]
     if positions:
         form["POS"] = positions

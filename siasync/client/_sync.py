@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import threading
 import weakref
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -114,10 +114,11 @@ class Client:
     def submit(self, pos: Iterable[tuple[float, float]] = (), size: float | tuple[float, float] | None = None,
                format: str | None = None, collection: Iterable[str] = (), band: Iterable[str] = (),
                positions_file: Path | str | None = None, run: bool = True, *, intersect: str | None = None,
-               run_id: str | None = None) -> Job:
+               run_id: str | None = None, params: Mapping[str, str] | None = None) -> Job:
         """Create a job (and run it, unless ``run`` is false); the parameters are those of `AsyncClient.submit`."""
         return Job(self, self._portal.call(self.aio.submit(
-            pos, size, format, collection, band, positions_file, run, intersect=intersect, run_id=run_id)))
+            pos, size, format, collection, band, positions_file, run, intersect=intersect, run_id=run_id,
+            params=params)))
 
     def job(self, url: str) -> Job:
         """The job at ``url`` (or with this id at this service)."""

@@ -19,7 +19,7 @@ from siasync.client.fetch import FetchProgress, fetch
 from siasync.client.progress import ProgressPrinter, summary_line
 
 #: job parameters that only a new job takes
-_JOB_PARAMS = ("pos", "positions", "size", "format", "collection", "band")
+_JOB_PARAMS = ("pos", "positions", "size", "format", "collection", "band", "mode", "param")
 #: concurrent job documents fetched by ``siasync jobs``
 JOBS_PARALLEL = 8
 
@@ -74,8 +74,9 @@ async def _fetch(args: argparse.Namespace, held: str | None, transport: httpx.As
     base = args.base_url or (args.job if args.job and "://" in args.job else held or "").split("/async/")[0]
     async with AsyncClient(base, _token(args), transport=transport) as client:
         if args.job is None and args.base_url:
+            extra = dict(args.param or ()) | ({"MODE": args.mode} if args.mode else {})
             job = await client.submit(args.pos or (), args.size, args.format, args.collection or (), args.band or (),
-                                      args.positions)
+                                      args.positions, params=extra)
         else:
             job = client.job(args.job or held)  # type: ignore[arg-type]
             if (phase := await job.phase()) in ("PENDING", "HELD"):

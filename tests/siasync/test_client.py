@@ -11,6 +11,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -461,6 +462,8 @@ def fetch_args(*argv: str) -> argparse.Namespace:
     (["--pos", "1,2", "--size", "0"], "the size must be positive, got '0'"),
     (["--pos", "1,2", "--size", "nan"], "expected a size in degrees: S or W,H, got 'nan'"),
     (["--pos", "1,2", "--size", "1", "--format", "tiff"], "expected one of image/fits"),
+    (["--pos", "1,2", "--size", "1", "--param", "NAXIS"], "expected NAME=VALUE, got 'NAXIS'"),
+    (["--pos", "1,2", "--size", "1", "--mode", "blend"], "invalid choice: 'blend'"),
 ])
 def test_bad_fetch_arguments_exit_2(argv: list[str], message: str, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -484,6 +487,17 @@ def test_inconsistent_fetch_arguments_exit_2(argv: list[str], message: str, tmp_
     assert fetch_command(fetch_args(*argv, "--out", str(tmp_path / "out"))) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"siasync: error: {message}") and err.count("\n") == 1
+
+
+def test_fetch_command_sends_the_mode_and_other_parameters(tmp_path: Path) -> None:
+    fake = Fake(1)
+    argv = (BASE, "--pos", "150.1,2.2", "--size", "0.1", "--mode", "stack", "--param", "naxis=512",
+            "--param", "COMBINE=median", "--out", str(tmp_path / "out"))
+    assert fetch_command(fetch_args(*argv), httpx.MockTransport(fake.handler)) == 0
+    post = next(r for r in fake.requests if r.method == "POST" and r.url.path == "/async")
+    form = parse_qs(post.content.decode())
+    assert form["MODE"] == ["stack"] and form["NAXIS"] == ["512"] and form["COMBINE"] == ["median"]
+    assert form["POS"] == ["150.1,2.2"] and form["PHASE"] == ["RUN"]
 
 
 def test_fetch_command_creates_resumes_and_deletes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
