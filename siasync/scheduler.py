@@ -14,6 +14,9 @@ per task, but end to end every batch also costs a registration transaction on th
 event loop, and 2,000 fields staged at 199 products/s with 4 pairs, 256 with 8 and
 229 with 16. Eight still spreads a 10-field job (dozens of pairs) over every worker,
 and an abort waits for at most one running batch of 8 cutouts, well under a second.
+A mosaic or stack (MODE=mosaic or stack) is a batch of its own: it reprojects several
+images (a tenth of a second to a second for 512x512 in three bands), so one per batch
+delivers each field's bands as they are made and keeps an abort's wait as short.
 
 **Stopping.** `cancel` withdraws the job's batches that have not started; those
 already running finish, and their files are deleted instead of registered.

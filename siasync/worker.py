@@ -1,4 +1,5 @@
-"""What runs in worker processes: cut a batch of (field, image) pairs and write the products.
+"""What runs in worker processes: cut a batch of (field, image) pairs, or co-add a field's
+images into a mosaic or stack (`CoaddTask`), and write the products.
 
 Tasks and outcomes are plain data. A worker writes each product itself, under a
 temporary name renamed into place (`storage.files.ResultFiles.write`), so bytes
