@@ -186,7 +186,10 @@ def parse_int(param: str, text: str) -> int:
     """A whole number."""
     if not _INTEGER.match(text):
         raise UsageError(param, f"not an integer: {text!r}")
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        raise UsageError(param, f"not an integer of a sensible size: {len(text)} characters") from None
 
 
 def parse_pos(text: str) -> tuple[float, float]:
@@ -275,9 +278,11 @@ def parse_time(param: str, text: str) -> datetime:
     """An ISO 8601 instant; UTC when it has no zone."""
     try:
         value = datetime.fromisoformat(text.strip())
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except ValueError:
         raise UsageError(param, f"not an ISO 8601 instant: {text!r} (e.g. 2026-11-28T18:00:00Z)") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before the first instant in UTC
+        raise UsageError(param, f"{text!r} is out of the range of dates in UTC") from None
 
 
 def parse_run_id(text: str) -> str:
