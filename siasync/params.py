@@ -306,10 +306,10 @@ def clamp_duration(seconds: int, limits: Limits) -> int:
     return limits.execution_max_s if seconds == 0 else min(seconds, limits.execution_max_s)
 
 
-def clamp_destruction(instant: datetime, limits: Limits, now: datetime) -> datetime:
-    """A future destruction instant, no later than the maximum retention."""
+def clamp_destruction(instant: datetime, limits: Limits, now: datetime, param: str = "DESTRUCTION") -> datetime:
+    """A future destruction instant, no later than the maximum retention (``param``: its name in the request)."""
     if instant <= now:
-        raise UsageError("DESTRUCTION", f"{instant.isoformat()} is not in the future")
+        raise UsageError(param, f"{instant.isoformat()} is not in the future")
     return min(instant, now + timedelta(seconds=limits.destruction_max_s))
 
 

@@ -1,16 +1,19 @@
-"""Fuzzed parameters: every parser returns a valid value or a `UsageError` naming its parameter, nothing else.
+"""Fuzzed input: every parser returns a valid value or a `UsageError` naming its parameter, nothing else.
 
-Hypothesis feeds the job parameter parsers (POS, SIZE, FORMAT, INTERSECT, the times, PHASE) and the
-upload readers (CSV and VOTable bytes) with values near the valid ones and far from them. A parser
-that raises any other exception would answer a 500; one that returns would have to return a value
-inside the limits. WAIT is parsed by the job service, and is fuzzed through HTTP in
-`test_fuzz_http`-style tests below, on one app for the whole module.
+Hypothesis feeds the job parameter parsers (POS, SIZE, FORMAT, INTERSECT, the times, PHASE), the
+upload readers (CSV and VOTable bytes) and the Range header parser with values near the valid ones
+and far from them. A parser that raised any other exception would answer a 500; one that returns
+must return a value inside the limits. Then the same values go through HTTP, on one app for the
+module: job creation, uploads, every change to a job, WAIT (parsed by the job service), the job list
+filters, the event stream's start, /sia, /sia/cutout and raw bodies. Across all of it: no 5xx, and
+every 4xx is ``Name: message`` in text/plain, a 400 naming the parameter at fault first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -21,6 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cutout.sky import Intersect
+from siasync.download import byte_range
 from siasync.errors import UsageError
 from siasync.params import (JOB_PARAMETERS, Limits, clamp_destruction, clamp_duration, parse_choice, parse_format,
                             parse_int, parse_job, parse_phase_on_create, parse_pos, parse_positions, parse_size,
@@ -318,3 +322,224 @@ def test_upload_references_resolve_to_named_tables_or_an_upload_error(values: li
     if uploads is not None:
         assert len(uploads) == len(values) == len({u.name for u in uploads})
         assert all(u.mime_type in (CSV, VOTABLE) and u.data in (b"ra,dec\n1,2\n", b"<?xml ") for u in uploads)
+
+
+positions_in_bytes = st.one_of(st.just(""), st.integers(0, 10**30).map(str), st.just("9" * 5000))
+
+
+@MANY
+@given(positions_in_bytes, positions_in_bytes, st.integers(0, 30), st.integers(0, 10**6))
+@example("9" * 5000, "", 0, 100)
+def test_a_range_header_is_a_range_in_the_file_unsatisfiable_or_ignored(first: str, last: str, zeros: int,
+                                                                       size: int) -> None:
+    chosen = byte_range(f"bytes={first}-{last}", size)
+    assert chosen is False or chosen is None or 0 <= chosen[0] <= chosen[1] < size
+    assert chosen is False or first or last
+    if first:  # leading zeros change nothing
+        assert byte_range(f"bytes={'0' * zeros}{first}-{last}", size) == chosen
+
+
+@MANY
+@given(st.one_of(st.text(max_size=20), st.sampled_from(["bytes=٣-٥", "bytes=-", "bytes=1-2,3-4", "bytes=1-2-3"])),
+       st.integers(0, 10**6))
+def test_a_range_header_that_is_not_one_ascii_byte_range_is_ignored(header: str, size: int) -> None:
+    if not re.fullmatch(r"\s*bytes=[0-9]*-[0-9]*\s*", header):
+        assert byte_range(header, size) is False
+
+
+# -- through HTTP ---------------------------------------------------------------------------------
+# One app for the module; every example makes a few requests. Any 5xx fails, and every 4xx must be
+# text/plain "Name: message", a 400 naming the parameter at fault first.
+
+_ANSWER = re.compile(r"^(\w+): (\S[^\n]*)")
+JOB = {"POS": "150.1,2.2", "SIZE": "0.01"}
+WAITS = st.one_of(integers, st.sampled_from(["-1", "0", "1", "-2", "0.5", "9" * 30]))
+#: the children of a job that take one parameter in a POST, and that parameter's values
+CHILDREN = {"/phase": ("PHASE", case_variants(["RUN", "ABORT", "SUSPEND"])),
+            "/executionduration": ("EXECUTIONDURATION", integers),
+            "/destruction": ("DESTRUCTION", instants), "/termination": ("TIME", instants),
+            "": ("ACTION", case_variants(["DELETE", "ABORT"]))}
+
+
+@pytest.fixture(scope="module")
+def app(make_module_client) -> Any:
+    with make_module_client(max_fields=40, max_size_deg=1.0, workers=1) as client:
+        yield client
+
+
+def assert_answer(response: Any, names: tuple[str, ...] = ()) -> str | None:
+    """No 5xx; a 4xx is ``Name: message`` in text/plain; a 400 names one of ``names``. Return the name."""
+    assert response.status_code < 500, response.text
+    if response.status_code < 400:
+        return None
+    assert response.headers["content-type"].startswith("text/plain"), response.headers
+    match = _ANSWER.match(response.text)
+    assert match, response.text
+    if response.status_code == 400:
+        assert match.group(1) == "UsageError", response.text
+        param = match.group(2).split(":", 1)[0]
+        assert param in names, response.text
+        return param
+    return match.group(1)
+
+
+def send(client: Any, method: str, path: str, raw: list[tuple[str, str]], how: str, **kwargs: Any) -> Any:
+    """A request with ``raw`` parameters in the query string, a form-encoded body or a multipart body."""
+    if how == "query":
+        return client.request(method, path, params=raw, follow_redirects=False, **kwargs)
+    if how == "multipart":
+        return client.request(method, path, files=[(n, (None, v.encode())) for n, v in raw] or {"_": (None, b"")},
+                              follow_redirects=False, **kwargs)
+    form: dict[str, list[str]] = {}
+    for name, value in raw:
+        form.setdefault(name, []).append(value)
+    return client.request(method, path, data=form, follow_redirects=False, **kwargs)
+
+
+def new_job(client: Any, **params: str) -> str:
+    response = client.post("/async", data={**JOB, **params}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    return response.headers["location"].rsplit("/", 1)[-1]
+
+
+HOW = st.sampled_from(["form", "query", "multipart"])
+
+
+@settings(max_examples=120)
+@given(params, HOW)
+def test_http_job_creation_answers_a_job_or_a_400_naming_the_parameter(app, raw: list[tuple[str, str]],
+                                                                       how: str) -> None:
+    response = send(app, "POST", "/async", raw, how)
+    named = assert_answer(response, JOB_PARAMETERS)
+    if response.status_code == 303:
+        app.delete(response.headers["location"])
+    else:
+        assert response.status_code == 400 and named, response.text
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(csv_tables(), votables(), st.binary(max_size=100)), st.sampled_from(["text/csv", "text/xml",
+                                                                                   "application/octet-stream"]))
+def test_http_uploads_answer_a_job_or_a_400_naming_upload(app, data: bytes, content_type: str) -> None:
+    response = app.post("/async", data={"SIZE": "0.01"}, files={"UPLOAD": ("t", data, content_type)},
+                        follow_redirects=False)
+    assert_answer(response, ("UPLOAD",))
+    if response.status_code == 303:
+        app.delete(response.headers["location"])
+
+
+@settings(max_examples=100)
+@given(st.sampled_from(list(CHILDREN)).flatmap(lambda child: st.tuples(st.just(child), CHILDREN[child][1])), HOW)
+def test_http_job_changes_answer_a_redirect_or_an_error_naming_the_parameter(app, change: tuple[str, str],
+                                                                             how: str) -> None:
+    child, value = change
+    job_id = new_job(app)
+    response = send(app, "POST", f"/async/{job_id}{child}", [(CHILDREN[child][0], value)], how)
+    assert_answer(response, (CHILDREN[child][0],))
+    app.delete(f"/async/{job_id}")
+
+
+@settings(max_examples=60)
+@given(params, HOW)
+def test_http_parameter_changes_answer_a_redirect_or_a_400_naming_the_parameter(app, raw: list[tuple[str, str]],
+                                                                               how: str) -> None:
+    job_id = new_job(app)
+    before = app.get(f"/async/{job_id}/parameters").text
+    response = send(app, "POST", f"/async/{job_id}/parameters", raw, how)
+    assert_answer(response, JOB_PARAMETERS)
+    if response.status_code >= 400:
+        assert app.get(f"/async/{job_id}/parameters").text == before  # a refused change changes nothing
+    app.delete(f"/async/{job_id}")
+
+
+@pytest.fixture(scope="module")
+def finished_job(app) -> str:
+    """An ABORTED job: WAIT on it returns at once, whatever it asks."""
+    job_id = new_job(app)
+    app.post(f"/async/{job_id}/phase", data={"PHASE": "ABORT"})
+    return job_id
+
+
+@settings(max_examples=80)
+@given(WAITS, st.one_of(st.none(), case_variants(list(PHASES))))
+@example("9" * 4400, None)
+def test_http_wait_answers_the_job_or_a_400_naming_wait_or_phase(app, finished_job: str, wait: str,
+                                                                 phase: str | None) -> None:
+    query = {"WAIT": wait, **({"PHASE": phase} if phase is not None else {})}
+    response = app.get(f"/async/{finished_job}", params=query)
+    assert_answer(response, ("WAIT", "PHASE"))
+    assert response.status_code in (200, 400)
+
+
+@settings(max_examples=80)
+@given(st.lists(st.one_of(st.tuples(st.just("PHASE"), case_variants(list(PHASES))),
+                          st.tuples(st.just("AFTER"), instants), st.tuples(st.just("LAST"), WAITS)), max_size=4))
+@example([("LAST", "9" * 30)])  # beyond SQLite's integers
+def test_http_job_list_filters_answer_a_list_or_a_400_naming_the_filter(app, raw: list[tuple[str, str]]) -> None:
+    response = app.get("/async", params=raw)
+    assert_answer(response, ("PHASE", "AFTER", "LAST"))
+    assert response.status_code in (200, 400)
+
+
+@settings(max_examples=60)
+@given(st.one_of(st.none(), WAITS, st.sampled_from(["²", "١", " 3 ", "9" * 19])).filter(
+    lambda v: v is None or not set(v) & set("\r\n\x00")))
+@example("9" * 30)
+def test_http_event_stream_start_is_a_stream_or_a_400_naming_it(app, finished_job: str, after: str | None) -> None:
+    headers = {"Last-Event-ID": after.encode()} if after is not None else {}
+    response = app.get(f"/async/{finished_job}/events", headers=headers)
+    assert_answer(response, ("Last-Event-ID",))
+    response = app.get(f"/async/{finished_job}/events", params={"AFTER": after} if after is not None else {})
+    assert_answer(response, ("Last-Event-ID", "AFTER"))
+
+
+SIA = {"POS": positions, "SIZE": sizes, "FORMAT": case_variants([*FORMATS, "image/png,image/fits"]),
+       "INTERSECT": case_variants([m.value for m in Intersect]), "VERB": case_variants(["0", "1", "3", "4"]),
+       "COLLECTION": case_variants(["DEMO-WIDE", "X"]), "BAND": case_variants(["g", "z"])}
+sia_params = st.lists(st.sampled_from(list(SIA)).flatmap(lambda n: st.tuples(st.just(n), SIA[n])), max_size=5)
+
+
+@settings(max_examples=60)
+@given(sia_params)
+def test_http_sia_queries_answer_a_votable_naming_the_parameter_at_fault(app, raw: list[tuple[str, str]]) -> None:
+    response = app.get("/sia", params=[("POS", "150.1,2.2"), ("SIZE", "0.05"), *raw] if len(raw) % 2 else raw)
+    assert response.status_code == 200, response.text
+    status = re.search(rb'<INFO name="QUERY_STATUS" value="(\w+)"[^>]*>([^<]*)<', response.content)
+    assert status, response.text[:500]
+    if status.group(1) == b"ERROR":
+        assert status.group(2).split(b":")[0].decode() in SIA, status.group(2)
+
+
+@settings(max_examples=30)
+@given(st.lists(st.one_of(st.tuples(st.just("ID"), st.one_of(st.text(max_size=20), st.sampled_from(
+    ["../../etc/passwd", "/etc/passwd", "", "DEMO"]))), st.sampled_from(["POS", "SIZE", "FORMAT"]).flatmap(
+    lambda n: st.tuples(st.just(n), SIA[n]))), max_size=4))
+def test_http_cutouts_answer_an_image_or_an_error_naming_the_parameter(app, raw: list[tuple[str, str]]) -> None:
+    response = app.get("/sia/cutout", params=raw)
+    name = assert_answer(response, ("ID", "POS", "SIZE", "FORMAT"))
+    assert response.status_code in (200, 400, 404), response.text
+    if response.status_code == 404:
+        assert name == "NotFound" and response.text.startswith("NotFound: ID: "), response.text
+
+
+bodies = st.one_of(st.binary(max_size=200), st.builds(
+    lambda name, extra, data: (f'--B\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n').encode()
+    + data + b"\r\n--B--\r\n", st.sampled_from(["POS", "SIZE", "UPLOAD", "X"]),
+    st.sampled_from(["", '; filename="t.csv"', "\r\nContent-Type: text/plain; charset=latin-1",
+                     "\r\nContent-Type: text/plain; charset=nope", "\r\nContent-Type: text/plain; charset=utf-16"]),
+    st.one_of(st.binary(max_size=20), st.sampled_from([b"\xff\xfe", b"150.1,2.2", b"\x80"]))))
+
+
+@settings(max_examples=80)
+@given(bodies, st.sampled_from(["multipart/form-data; boundary=B", "multipart/form-data",
+                                "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=x",
+                                "text/plain", "multipart/form-data; boundary="]))
+@example(b'--B\r\nContent-Disposition: form-data; name="POS"\r\n\r\n\xff\xfe\r\n--B--\r\n',
+         "multipart/form-data; boundary=B")  # a text part that is not UTF-8
+@example(b'--B\r\nContent-Disposition: form-data; name="POS"\r\nContent-Type: text/plain; charset=nope\r\n\r\n'
+         b'1,2\r\n--B--\r\n', "multipart/form-data; boundary=B")  # a charset Python does not know
+def test_http_raw_bodies_answer_a_job_or_a_4xx_naming_what_is_wrong(app, body: bytes, content_type: str) -> None:
+    response = app.post("/async", content=body, headers={"Content-Type": content_type}, follow_redirects=False)
+    assert_answer(response, (*JOB_PARAMETERS, "request body"))
+    if response.status_code == 303:
+        app.delete(response.headers["location"])
