@@ -23,12 +23,13 @@ _SEQUENCE = re.compile(r"[0-9]{1,18}")
 
 def last_event_id(value: str | None) -> int:
     """The sequence number a reconnecting client has seen (0 for none)."""
-    if value is None or not value.strip():
+    text = (value or "").strip()  # str.strip takes more whitespace than int() does (\x1c-\x1f)
+    if not text:
         return 0
     # str.isdigit also takes '²' and other digits int() refuses; a sequence number has at most 18 digits
-    if not _SEQUENCE.fullmatch(value.strip()):
+    if not _SEQUENCE.fullmatch(text):
         raise UsageError("Last-Event-ID", f"expected a result sequence number, got {value!r}")
-    return int(value)
+    return int(text)
 
 
 async def job_events(service: JobService, job_id: str, after: int, base: str) -> AsyncIterator[ServerSentEventMessage]:

@@ -176,7 +176,10 @@ def parse_number(param: str, text: str) -> float:
     """A finite decimal number."""
     if not _NUMBER.match(text):
         raise UsageError(param, f"not a number: {text!r}")
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:  # \s also matches separators float() refuses (\x1c-\x1f)
+        raise UsageError(param, f"not a number: {text!r}") from None
     if not math.isfinite(value):
         raise UsageError(param, f"not a finite number: {text!r}")
     return value
@@ -188,8 +191,9 @@ def parse_int(param: str, text: str) -> int:
         raise UsageError(param, f"not an integer: {text!r}")
     try:
         return int(text)
-    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
-        raise UsageError(param, f"not an integer of a sensible size: {len(text)} characters") from None
+    except ValueError:  # \s also matches separators int() refuses (\x1c-\x1f); int() refuses 4300+ digits
+        problem = f"{len(text)} characters, too many digits" if len(text) > 4000 else repr(text)
+        raise UsageError(param, f"not an integer: {problem}") from None
 
 
 def parse_pos(text: str) -> tuple[float, float]:
