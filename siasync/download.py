@@ -74,7 +74,9 @@ async def file_response(request: Request, path: Path, media_type: str, filename:
     if wanted and request.headers.get("if-range", etag) == etag:
         chosen = byte_range(wanted, size)
         if chosen is None:
-            return Response(b"", status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+            return Response(f"UsageError: Range: {wanted.strip()[:100]!r} is not within the file's {size} bytes\n",
+                            status_code=416, media_type="text/plain",
+                            headers={**headers, "Content-Range": f"bytes */{size}"})
         if chosen:
             (start, end), status = chosen, 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
