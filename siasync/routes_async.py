@@ -15,9 +15,9 @@ from siasync.openapi import DOWNLOAD, EVENTS, JOB_LIST, JOB_PARAMS, WAIT, Param,
 from siasync.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml
 from siasync.settings import Settings
 from siasync.table import table_response
-from storage.table import MIME as VOTABLE
 from siasync.web import (HTML, JSON, TEXT, XML, base_url, job_input, one, preferred, raw_params, represent, see_other,
                          text)
+from storage.table import MIME as VOTABLE
 
 JOB = "/{job_id:str}"
 Service = NamedDependency[JobService]

@@ -9,7 +9,6 @@ from astropy import utils
 from astropy.utils import iers
 from hypothesis import settings
 
-
 # The machines running the suite have no internet: astropy must never try to download.
 iers.conf.auto_download = False
 utils.data.conf.allow_internet = False

@@ -411,7 +411,7 @@ def new_job(client: Any, **params: str) -> str:
 HOW = st.sampled_from(["form", "query", "multipart"])
 
 
-@settings(max_examples=120)
+@settings(max_examples=100)
 @given(params, HOW)
 def test_http_job_creation_answers_a_job_or_a_400_naming_the_parameter(app, raw: list[tuple[str, str]],
                                                                        how: str) -> None:
@@ -434,7 +434,7 @@ def test_http_uploads_answer_a_job_or_a_400_naming_upload(app, data: bytes, cont
         app.delete(response.headers["location"])
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(st.sampled_from(list(CHILDREN)).flatmap(lambda child: st.tuples(st.just(child), CHILDREN[child][1])), HOW)
 def test_http_job_changes_answer_a_redirect_or_an_error_naming_the_parameter(app, change: tuple[str, str],
                                                                              how: str) -> None:
@@ -445,7 +445,7 @@ def test_http_job_changes_answer_a_redirect_or_an_error_naming_the_parameter(app
     app.delete(f"/async/{job_id}")
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(params, HOW)
 def test_http_parameter_changes_answer_a_redirect_or_a_400_naming_the_parameter(app, raw: list[tuple[str, str]],
                                                                                how: str) -> None:

@@ -53,7 +53,7 @@ def chunks(n: int) -> Iterator[bytes]:
 
 
 def multipart_parts(n: int) -> tuple[bytes, dict[str, str]]:
-    body = "".join(f'--B\r\nContent-Disposition: form-data; name="COLLECTION"\r\n\r\nDEMO-WIDE\r\n' for _ in range(n))
+    body = "".join('--B\r\nContent-Disposition: form-data; name="COLLECTION"\r\n\r\nDEMO-WIDE\r\n' for _ in range(n))
     return (body + '--B\r\nContent-Disposition: form-data; name="POS"\r\n\r\n150.1,2.2\r\n--B\r\n'
             'Content-Disposition: form-data; name="SIZE"\r\n\r\n0.01\r\n--B--\r\n').encode(), {
         "Content-Type": "multipart/form-data; boundary=B"}

@@ -1,11 +1,12 @@
 """Schemathesis against the app's own OpenAPI document (``/schema/openapi.json``).
 
 Every operation of the document gets cases made from its documented examples and generated from
-its declared parameters, valid (positive) and invalid (negative), serialised by schemathesis as a client would send them and
-posted to the app, in-process. Half the cases that name a job are pointed at a real one (a
-COMPLETED job with results and an uploaded table for reads, a PENDING job for changes, made
-again when a case destroys it), so the fuzzing reaches past "no such job". The checks:
-schemathesis' ``not_a_server_error``, and that every 4xx carries a ``Name: message`` text.
+its declared parameters, valid (positive) and invalid (negative), serialised by schemathesis as a
+client would send them and posted to the app, in-process. Two cases in three that name a job are
+pointed at a real one (a COMPLETED job with results and an uploaded table for reads, a PENDING job
+for changes, made again when a case has destroyed or run it), so the fuzzing reaches past "no such
+job". The checks: schemathesis' ``not_a_server_error``, and that every 4xx carries a ``Name:
+message`` text.
 """
 
 from __future__ import annotations
