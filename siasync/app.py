@@ -136,10 +136,14 @@ def _service_error(_: Request, exc: ServiceError) -> Response:
     return Response(exc.render(), status_code=exc.status, media_type=TEXT, headers=exc.headers)
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response:
+def _http_error(request: Request, exc: HTTPException) -> Response:
     name = _HTTP_NAMES.get(exc.status_code, "Error")
     detail = exc.detail
     if exc.status_code == 413:
+        detail = f"request body: larger than the limit of {request.app.request_max_body_size} bytes"
+    elif exc.status_code == 400 and detail == "Request Entity Too Large":  # Litestar 2: too many multipart parts
+        detail = f"request body: more than the limit of {request.app.multipart_form_part_limit} multipart parts"
+    elif exc.status_code in (400, 415):  # the framework's own: the body could not be read as a form
         detail = f"request body: {detail}"
     return Response(f"{name}: {detail}\n", status_code=exc.status_code, media_type=TEXT,
                     headers=getattr(exc, "headers", None) or {})

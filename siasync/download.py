@@ -16,7 +16,13 @@ from litestar.response import Stream
 from siasync.errors import NotFound
 
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+#: beyond any file's size: a longer byte position means the same and is not converted (int() refuses 4300 digits)
+_BEYOND = 10**18
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits.lstrip("0")) < 18 else _BEYOND
 
 
 def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
@@ -30,11 +36,11 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
         return False
     first, last = match.group(1), match.group(2)
     if not first:  # a suffix: the last N bytes
-        length = int(last)
+        length = _position(last)
         return (max(size - length, 0), size - 1) if length > 0 and size > 0 else None
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
+    if start >= size or (last and _position(last) < start):
         return None
     return start, end
 
@@ -68,7 +74,9 @@ async def file_response(request: Request, path: Path, media_type: str, filename:
     if wanted and request.headers.get("if-range", etag) == etag:
         chosen = byte_range(wanted, size)
         if chosen is None:
-            return Response(b"", status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+            return Response(f"UsageError: Range: {wanted.strip()[:100]!r} is not within the file's {size} bytes\n",
+                            status_code=416, media_type="text/plain",
+                            headers={**headers, "Content-Range": f"bytes */{size}"})
         if chosen:
             (start, end), status = chosen, 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"

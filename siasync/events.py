@@ -8,6 +8,7 @@ The stream ends once the job is in a final phase and every result has been sent.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 
 from litestar.response import ServerSentEventMessage
@@ -17,15 +18,18 @@ from siasync.jobs import ACTIVE, JobService
 from siasync.representations import job_info, result_url
 
 KEEPALIVE_S = 15.0
+_SEQUENCE = re.compile(r"[0-9]{1,18}")
 
 
 def last_event_id(value: str | None) -> int:
     """The sequence number a reconnecting client has seen (0 for none)."""
-    if value is None or not value.strip():
+    text = (value or "").strip()  # str.strip takes more whitespace than int() does (\x1c-\x1f)
+    if not text:
         return 0
-    if not value.strip().isdigit():
+    # str.isdigit also takes '²' and other digits int() refuses; a sequence number has at most 18 digits
+    if not _SEQUENCE.fullmatch(text):
         raise UsageError("Last-Event-ID", f"expected a result sequence number, got {value!r}")
-    return int(value)
+    return int(text)
 
 
 async def job_events(service: JobService, job_id: str, after: int, base: str) -> AsyncIterator[ServerSentEventMessage]:

@@ -32,6 +32,8 @@ ACTIVE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
 RUNNABLE = ("PENDING", "HELD")
 #: phases from which PHASE=ABORT is accepted
 ABORTABLE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
+#: the largest integer a query may carry (SQLite's and PostgreSQL's BIGINT)
+_LARGEST_INTEGER = 2**63 - 1
 
 
 class Executor(Protocol):
@@ -107,7 +109,8 @@ class JobService:
         if count is not None and count <= 0:
             raise UsageError("LAST", f"must be a positive integer, got {last!r}")
         selected = wanted or [p for p in PHASES if p != "ARCHIVED"]
-        return await self.store.list(owner, selected, since, count)
+        # any count beyond the database's largest integer means every job
+        return await self.store.list(owner, selected, since, count and min(count, _LARGEST_INTEGER))
 
     async def wait(self, job_id: str, owner: str, wait: str, phase: str | None = None) -> Job:
         """UWS WAIT: block while the job is active (and in ``phase``, when given)."""
@@ -213,7 +216,7 @@ class JobService:
     async def set_destruction(self, job_id: str, owner: str, param: str, text: str) -> None:
         """A new destruction instant, clamped to the maximum retention."""
         await self.get(job_id, owner)
-        instant = clamp_destruction(parse_time(param, text), self.limits, datetime.now(UTC))
+        instant = clamp_destruction(parse_time(param, text), self.limits, datetime.now(UTC), param)
         await self.store.update(job_id, destruction=instant)
 
     async def set_execution_duration(self, job_id: str, owner: str, text: str) -> None:

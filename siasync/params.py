@@ -199,7 +199,10 @@ def parse_number(param: str, text: str) -> float:
     """A finite decimal number."""
     if not _NUMBER.match(text):
         raise UsageError(param, f"not a number: {text!r}")
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:  # \s also matches separators float() refuses (\x1c-\x1f)
+        raise UsageError(param, f"not a number: {text!r}") from None
     if not math.isfinite(value):
         raise UsageError(param, f"not a finite number: {text!r}")
     return value
@@ -209,7 +212,11 @@ def parse_int(param: str, text: str) -> int:
     """A whole number."""
     if not _INTEGER.match(text):
         raise UsageError(param, f"not an integer: {text!r}")
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # \s also matches separators int() refuses (\x1c-\x1f); int() refuses 4300+ digits
+        problem = f"{len(text)} characters, too many digits" if len(text) > 4000 else repr(text)
+        raise UsageError(param, f"not an integer: {problem}") from None
 
 
 def parse_pos(text: str) -> tuple[float, float]:
@@ -298,9 +305,11 @@ def parse_time(param: str, text: str) -> datetime:
     """An ISO 8601 instant; UTC when it has no zone."""
     try:
         value = datetime.fromisoformat(text.strip())
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except ValueError:
         raise UsageError(param, f"not an ISO 8601 instant: {text!r} (e.g. 2026-11-28T18:00:00Z)") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before the first instant in UTC
+        raise UsageError(param, f"{text!r} is out of the range of dates in UTC") from None
 
 
 def parse_run_id(text: str) -> str:
@@ -379,10 +388,10 @@ def clamp_duration(seconds: int, limits: Limits) -> int:
     return limits.execution_max_s if seconds == 0 else min(seconds, limits.execution_max_s)
 
 
-def clamp_destruction(instant: datetime, limits: Limits, now: datetime) -> datetime:
-    """A future destruction instant, no later than the maximum retention."""
+def clamp_destruction(instant: datetime, limits: Limits, now: datetime, param: str = "DESTRUCTION") -> datetime:
+    """A future destruction instant, no later than the maximum retention (``param``: its name in the request)."""
     if instant <= now:
-        raise UsageError("DESTRUCTION", f"{instant.isoformat()} is not in the future")
+        raise UsageError(param, f"{instant.isoformat()} is not in the future")
     return min(instant, now + timedelta(seconds=limits.destruction_max_s))
 
 

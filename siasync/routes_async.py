@@ -11,15 +11,27 @@ from siasync.download import file_response
 from siasync.errors import UsageError
 from siasync.events import job_events, last_event_id
 from siasync.jobs import PHASES, JobService
+from siasync.openapi import DOWNLOAD, EVENTS, JOB_LIST, JOB_PARAMS, WAIT, Param, documented
 from siasync.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml
 from siasync.settings import Settings
 from siasync.table import table_response
-from siasync.web import JSON, XML, base_url, job_input, one, preferred, raw_params, represent, see_other, text
+from siasync.web import (HTML, JSON, TEXT, XML, base_url, job_input, one, preferred, raw_params, represent, see_other,
+                         text)
+from storage.table import MIME as VOTABLE
 
 JOB = "/{job_id:str}"
 Service = NamedDependency[JobService]
 Owner = NamedDependency[str]
 Config = NamedDependency[Settings]
+_DOCUMENT = (XML, JSON, HTML)
+#: the error answers of a job's resources, of those with parameters, and of changes to them
+_SEEN, _ASKED, _CHANGED = (401, 403, 404), (400, 401, 403, 404), (400, 401, 403, 404, 413)
+#: the plain-text children of a job
+_READ = documented(answers=(TEXT,), errors=_SEEN)
+
+
+def _job(*names: str) -> tuple[Param, ...]:
+    return tuple(p for p in JOB_PARAMS if p.name in names)
 
 
 async def _job_page(request: Request, service: JobService, settings: Settings, owner: str, job_id: str,
@@ -42,7 +54,8 @@ class AsyncJobs(Controller):
 
     path = "/async"
 
-    @get("/", summary="List jobs (PHASE, AFTER, LAST)")
+    @get("/", summary="List jobs (PHASE, AFTER, LAST)", operation_class=documented(*JOB_LIST, answers=_DOCUMENT,
+                                                                                           errors=(400, 401)))
     async def list_jobs(self, request: Request, service: Service, settings: Config, owner: Owner) -> Response:
         params = await raw_params(request)
         jobs = await service.list(owner, [v for n, v in params if n == "PHASE"], one(params, "AFTER"),
@@ -52,18 +65,21 @@ class AsyncJobs(Controller):
                          {"jobs": jobs, "base": base, "phases": PHASES,
                           "selected": [v.upper() for n, v in params if n == "PHASE"]})
 
-    @post("/", summary="Create a job", status_code=303)
+    @post("/", summary="Create a job", status_code=303,
+          operation_class=documented(*JOB_PARAMS, body=True, answers=(), errors=(400, 401, 413), file=True))
     async def create_job(self, request: Request, service: Service, owner: Owner) -> Response:
         job = await service.create(owner, *await job_input(request))
         return see_other(f"/async/{job.id}")
 
-    @get(JOB, summary="The job (WAIT and PHASE for blocking)")
+    @get(JOB, summary="The job (WAIT and PHASE for blocking)", operation_class=documented(*WAIT, answers=_DOCUMENT,
+                                                                                              errors=_ASKED))
     async def get_job(self, request: Request, service: Service, settings: Config, owner: Owner,
                   job_id: FromPath[str]) -> Response:
         params = await raw_params(request)
         return await _job_page(request, service, settings, owner, job_id, one(params, "WAIT"), one(params, "PHASE"))
 
-    @post(JOB, summary="ACTION=DELETE destroys the job", status_code=303)
+    @post(JOB, summary="ACTION=DELETE destroys the job", status_code=303, operation_class=documented(
+        Param("ACTION", "DELETE: destroy the job", example="DELETE"), body=True, answers=(), errors=_CHANGED))
     async def post_job(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         action = one(await raw_params(request), "ACTION")
         if action is None or action.upper() != "DELETE":
@@ -72,16 +88,17 @@ class AsyncJobs(Controller):
         await service.destroy(job_id, owner)
         return see_other("/async")
 
-    @delete(JOB, summary="Destroy the job", status_code=303)
+    @delete(JOB, summary="Destroy the job", status_code=303, operation_class=documented(answers=(), errors=_SEEN))
     async def delete_job(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         await service.destroy(job_id, owner)
         return see_other("/async")
 
-    @get(JOB + "/phase", summary="The phase")
+    @get(JOB + "/phase", summary="The phase", operation_class=_READ)
     async def get_phase(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text((await service.get(job_id, owner)).phase)
 
-    @post(JOB + "/phase", summary="PHASE=RUN or PHASE=ABORT", status_code=303)
+    @post(JOB + "/phase", summary="PHASE=RUN or PHASE=ABORT", status_code=303, operation_class=documented(
+        Param("PHASE", "RUN or ABORT", example="ABORT"), body=True, answers=(), errors=_CHANGED))
     async def set_phase(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         phase = one(await raw_params(request), "PHASE")
         await service.get(job_id, owner)
@@ -93,11 +110,12 @@ class AsyncJobs(Controller):
             raise UsageError("PHASE", f"expected RUN or ABORT, got {phase!r}")
         return see_other(f"/async/{job_id}")
 
-    @get(JOB + "/executionduration", summary="The execution duration in seconds")
+    @get(JOB + "/executionduration", summary="The execution duration in seconds", operation_class=_READ)
     async def get_execution_duration(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text(str((await service.get(job_id, owner)).execution_duration))
 
-    @post(JOB + "/executionduration", summary="Change the execution duration", status_code=303)
+    @post(JOB + "/executionduration", summary="Change the execution duration", status_code=303,
+          operation_class=documented(*_job("EXECUTIONDURATION"), body=True, answers=(), errors=_CHANGED))
     async def set_execution_duration(self, request: Request, service: Service, owner: Owner,
                                      job_id: FromPath[str]) -> Response:
         value = one(await raw_params(request), "EXECUTIONDURATION")
@@ -106,15 +124,18 @@ class AsyncJobs(Controller):
         await service.set_execution_duration(job_id, owner, value)
         return see_other(f"/async/{job_id}")
 
-    @get([JOB + "/destruction", JOB + "/termination"], summary="The destruction instant")
+    @get([JOB + "/destruction", JOB + "/termination"], summary="The destruction instant", operation_class=_READ)
     async def get_destruction(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text(iso((await service.get(job_id, owner)).destruction))
 
-    @post(JOB + "/destruction", summary="Change the destruction instant", status_code=303)
+    @post(JOB + "/destruction", summary="Change the destruction instant", status_code=303,
+          operation_class=documented(*_job("DESTRUCTION"), body=True, answers=(), errors=_CHANGED))
     async def set_destruction(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return await self._destruction(request, service, owner, job_id, "DESTRUCTION")
 
-    @post(JOB + "/termination", summary="UWS 0.3 alias: TIME=iso", status_code=303)
+    @post(JOB + "/termination", summary="UWS 0.3 alias: TIME=iso", status_code=303, operation_class=documented(
+        Param("TIME", "the destruction instant (ISO 8601)", example="2030-01-01T00:00:00Z"), body=True, answers=(),
+        errors=_CHANGED))
     async def set_termination(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return await self._destruction(request, service, owner, job_id, "TIME")
 
@@ -127,58 +148,65 @@ class AsyncJobs(Controller):
         await service.set_destruction(job_id, owner, param, value)
         return see_other(f"/async/{job_id}")
 
-    @get(JOB + "/error", summary="The error message (empty when there is none)")
+    @get(JOB + "/error", summary="The error message (empty when there is none)", operation_class=_READ)
     async def get_error(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text((await service.get(job_id, owner)).error_message or "")
 
-    @get(JOB + "/quote", summary="Predicted completion (empty when unknown)")
+    @get(JOB + "/quote", summary="Predicted completion (empty when unknown)", operation_class=_READ)
     async def get_quote(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text(iso((await service.get(job_id, owner)).quote))
 
-    @post(JOB + "/quote", summary="UWS 0.3 alias: commit the job (PHASE=RUN)", status_code=303)
+    @post(JOB + "/quote", summary="UWS 0.3 alias: commit the job (PHASE=RUN)", status_code=303,
+          operation_class=documented(answers=(), errors=(400, *_SEEN)))
     async def post_quote(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         await service.run(job_id, owner)
         return see_other(f"/async/{job_id}")
 
-    @get(JOB + "/owner", summary="The owner")
+    @get(JOB + "/owner", summary="The owner", operation_class=_READ)
     async def get_owner(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         return text((await service.get(job_id, owner)).owner)
 
-    @get(JOB + "/parameters", summary="The parameters")
+    @get(JOB + "/parameters", summary="The parameters", operation_class=documented(answers=(XML,), errors=_SEEN))
     async def get_parameters(self, request: Request, service: Service, settings: Config, owner: Owner,
                              job_id: FromPath[str]) -> Response:
         job = await service.get(job_id, owner)
         return Response(parameters_xml(job, base_url(request, settings.public_url)), media_type="application/xml")
 
-    @get(JOB + "/parameters/{name:str}", summary="An uploaded table, as received")
+    @get(JOB + "/parameters/{name:str}", summary="An uploaded table, as received",
+         operation_class=documented(answers=("text/csv", "application/x-votable+xml"), errors=_SEEN))
     async def get_upload(self, service: Service, owner: Owner, job_id: FromPath[str], name: FromPath[str]) -> Response:
         mime_type, data = await service.upload(job_id, owner, name)
         return Response(data, media_type=mime_type)
 
-    @post(JOB + "/parameters", summary="Change parameters while PENDING", status_code=303)
+    @post(JOB + "/parameters", summary="Change parameters while PENDING", status_code=303,
+          operation_class=documented(*JOB_PARAMS, body=True, answers=(), errors=_CHANGED, file=True))
     async def set_parameters(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
         await service.set_parameters(job_id, owner, *await job_input(request))
         return see_other(f"/async/{job_id}")
 
-    @get(JOB + "/results", summary="The results so far")
+    @get(JOB + "/results", summary="The results so far", operation_class=documented(answers=(XML,), errors=_SEEN))
     async def get_results(self, request: Request, service: Service, settings: Config, owner: Owner,
                       job_id: FromPath[str]) -> Response:
         job = await service.get(job_id, owner)
         return Response(await service.documents.results(job, base_url(request, settings.public_url)),
                         media_type=XML)
 
-    @get(JOB + "/results/table", summary="The growing SIAP table of the products registered so far")
+    @get(JOB + "/results/table", summary="The growing SIAP table of the products registered so far",
+         operation_class=documented(answers=(VOTABLE,), errors=_SEEN))
     async def get_table(self, request: Request, service: Service, settings: Config, owner: Owner,
                         job_id: FromPath[str]) -> Response:
         return await table_response(service, await service.get(job_id, owner), base_url(request, settings.public_url))
 
-    @get(JOB + "/results/{result_id:str}", summary="Download one result (ETag, Last-Modified, Range)")
+    @get(JOB + "/results/{result_id:str}", summary="Download one result (ETag, Last-Modified, Range)",
+         operation_class=documented(*DOWNLOAD, answers=("image/fits", "image/png", "image/jpeg"),
+                                    errors=(*_SEEN, 416)))
     async def get_result(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str],
                          result_id: FromPath[str]) -> Response:
         result, path = await service.result_file(job_id, owner, result_id)
         return await file_response(request, path, result.mime_type, result.result_id)
 
-    @get(JOB + "/events", summary="Server-Sent Events: phase, progress and each new result")
+    @get(JOB + "/events", summary="Server-Sent Events: phase, progress and each new result",
+         operation_class=documented(*EVENTS, answers=("text/event-stream",), errors=_ASKED))
     async def get_events(self, request: Request, service: Service, settings: Config, owner: Owner,
                          job_id: FromPath[str]) -> ServerSentEvent:
         await service.get(job_id, owner)

@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from siasync import __version__
+from siasync.openapi import CUTOUT, SIA, documented
 from siasync.settings import Settings
 from siasync.sia import SiaService, input_params
 from siasync.vosi import archive_readable, availability_xml, capabilities_xml, sia_limits
@@ -33,15 +34,19 @@ class SyncSia(Controller):
         body = await sia.query(await raw_params(request), base_url(request, settings.public_url))
         return Response(body, media_type=VOTABLE)
 
-    @get("/", summary="SIAP 1.0 query (POS, SIZE, INTERSECT, FORMAT, VERB, COLLECTION, BAND)")
+    @get("/", summary="SIAP 1.0 query (POS, SIZE, INTERSECT, FORMAT, VERB, COLLECTION, BAND)",
+         operation_class=documented(*SIA, answers=(VOTABLE,), errors=(401,)))
     async def query(self, request: Request, sia: Sia, settings: Config, owner: Owner) -> Response:
         return await self._query(request, sia, settings)
 
-    @post("/", summary="SIAP 1.0 query, parameters in a form body", status_code=200)
+    @post("/", summary="SIAP 1.0 query, parameters in a form body", status_code=200,
+          operation_class=documented(*SIA, body=True, answers=(VOTABLE,), errors=(400, 401, 413)))
     async def query_post(self, request: Request, sia: Sia, settings: Config, owner: Owner) -> Response:
         return await self._query(request, sia, settings)
 
-    @get("/cutout", summary="Cutout of one archive image (ID, POS, SIZE, FORMAT)")
+    @get("/cutout", summary="Cutout of one archive image (ID, POS, SIZE, FORMAT)",
+         operation_class=documented(*CUTOUT, answers=("image/fits", "image/png", "image/jpeg"),
+                                    errors=(400, 401, 404, 503)))
     async def cutout(self, request: Request, sia: Sia, owner: Owner) -> Response:
         data, mime, name = await sia.cutout(await raw_params(request))
         return Response(data, media_type=mime, headers={"Content-Disposition": f'inline; filename="{name}"'})
@@ -52,13 +57,13 @@ class Vosi(Controller):
 
     path = "/"
 
-    @get("/capabilities", summary="VOSI capabilities")
+    @get("/capabilities", summary="VOSI capabilities", operation_class=documented(answers=(XML,), errors=()))
     async def capabilities(self, request: Request, sia: Sia, settings: Config) -> Response:
         limits = sia_limits(sia.index, sia.limits, sia.max_records)
         body = capabilities_xml(base_url(request, settings.public_url), limits, input_params(sia.limits))
         return Response(body, media_type=XML)
 
-    @get("/availability", summary="VOSI availability")
+    @get("/availability", summary="VOSI availability", operation_class=documented(answers=(XML,), errors=()))
     async def availability(self, sia: Sia, state: State) -> Response:
         readable = await asyncio.to_thread(archive_readable, sia.index)
         up_since: datetime = state.up_since

@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.response import Redirect, Template
 
+from siasync.errors import UsageError
 from siasync.params import JOB_PARAMETERS, RawParams, gather
 
 XML = "application/xml"
@@ -50,7 +51,10 @@ async def job_input(request: Request) -> tuple[RawParams, dict[str, tuple[str, b
     parts: dict[str, tuple[str, bytes]] = {}
     content_type = request.headers.get("content-type", "")
     if request.method == "POST" and ("form" in content_type):
-        data = await request.form()
+        try:
+            data = await request.form()
+        except (UnicodeDecodeError, LookupError) as exc:  # a text part not in its (or a known) charset
+            raise UsageError("request body", f"a multipart text part cannot be decoded: {exc}") from None
         for name, value in data.multi_items():
             if isinstance(value, str):
                 if value or name.upper() != "UPLOAD":  # a browser's file input left empty sends UPLOAD=""

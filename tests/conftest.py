@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 from astropy import utils
 from astropy.utils import iers
+from hypothesis import settings
 
 # The machines running the suite have no internet: astropy must never try to download.
 iers.conf.auto_download = False
 utils.data.conf.allow_internet = False
+
+# Property tests (and schemathesis, which runs on hypothesis) are deterministic: the same examples on every
+# run and machine, no example database written into the repository, no deadline on a shared 2-core machine.
+settings.register_profile("siasync", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile("siasync")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SETTINGS = REPO / "data" / "demo-survey.toml"
