@@ -17,9 +17,10 @@ from litestar.enums import ParamType
 from litestar.openapi.spec import (OpenAPIFormat, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Parameter,
                                    RequestBody, Schema)
 
+from cutout.mosaic import COMBINES, FRAMES, PROJECTIONS
 from cutout.sky import Intersect
 from siasync.params import JOB_PARAMETERS
-from siasync.vocabulary import FORMATS, PHASES
+from siasync.vocabulary import FORMATS, MODES, PHASES
 from siasync.web import TEXT
 
 _STRING = Schema(type=OpenAPIType.STRING)
@@ -63,6 +64,21 @@ FORMAT = Param("FORMAT", "products per (field, image); case-insensitive", _choic
 INTERSECT = Param("INTERSECT", "how an image must meet the field", _choices(m.value for m in Intersect), "OVERLAPS")
 COLLECTION = Param("COLLECTION", "only images of these collections (comma-separated or repeated)", repeat=True)
 BAND = Param("BAND", "only images in these bands (comma-separated or repeated)", repeat=True)
+#: MODE and the SIAP 1.0 image-generation parameters (MODE=mosaic or stack only)
+GENERATION = (
+    Param("MODE", "cutout (each image), mosaic (a co-add per band) or stack (every band on one grid)",
+          _choices(m.upper() for m in MODES), "MOSAIC"),
+    Param("NAXIS", "output pixels: nx[,ny]", example="512,512"),
+    Param("CFRAME", "frame of the output grid", _choices(FRAMES), "ICRS"),
+    Param("EQUINOX", "equinox of CFRAME=FK5 (Julian) or FK4 (Besselian)", example="2000"),
+    Param("CRPIX", "reference pixel x,y (1-based)", example="256.5,256.5"),
+    Param("CRVAL", "reference point lon,lat in CFRAME, degrees", example="150.1,2.2"),
+    Param("CDELT", "degrees per pixel: s (east left) or CDELT1,CDELT2", example="0.0002"),
+    Param("ROTANG", "position angle of the image's +y axis, degrees east of north", example="30"),
+    Param("PROJ", "WCS projection of the output grid", _choices(PROJECTIONS), "TAN"),
+    Param("COMBINE", "how overlapping images are combined", _choices(c.upper() for c in COMBINES), "MEAN"),
+    Param("BACKGROUND", "MATCH: remove a constant offset per image so overlaps agree", _choices(["NONE", "MATCH"]),
+          "MATCH"))
 #: a job's parameters by name; names another part of the service adds to JOB_PARAMETERS get a plain description
 _JOB = {p.name: p for p in (
     POS, SIZE, FORMAT, INTERSECT, COLLECTION, BAND,
@@ -73,12 +89,13 @@ _JOB = {p.name: p for p in (
         type=OpenAPIType.INTEGER, minimum=0), "3600"),
     Param("DESTRUCTION", "when the job and its results are deleted (ISO 8601)", _INSTANT),
     Param("START", "do not start before this instant (ISO 8601)", _INSTANT),
-    Param("PHASE", "RUN: queue the job at once", _choices(["RUN"]), "RUN"))}
+    Param("PHASE", "RUN: queue the job at once", _choices(["RUN"]), "RUN"), *GENERATION)}
 JOB_PARAMS = tuple(_JOB.get(name, Param(name, f"the job parameter {name}")) for name in JOB_PARAMETERS)
 SIA = (POS, SIZE, INTERSECT, Param("FORMAT", "formats of the products, comma-separated; METADATA describes the "
                                    "service", example="ALL"),
        Param("VERB", "columns: 0 the required ones to 3 all", _choices("0123"), "1"), COLLECTION, BAND)
-CUTOUT = (Param("ID", "the archive image id of a /sia row", example="demo"), POS, SIZE, FORMAT)
+CUTOUT = (Param("ID", "the archive image id of a /sia row (several, with MODE=mosaic or stack)", example="demo",
+                repeat=True), POS, SIZE, FORMAT, COLLECTION, BAND, *GENERATION)
 JOB_LIST = (Param("PHASE", "only jobs in these phases", _choices(PHASES), "COMPLETED", repeat=True),
             Param("AFTER", "only jobs created after this instant (ISO 8601)", _INSTANT),
             Param("LAST", "only the newest N jobs", Schema(type=OpenAPIType.INTEGER, minimum=1), "10"))
