@@ -270,6 +270,8 @@ class Scheduler:
         finally:
             self.dispatcher.close(ticket)
             await batches.aclose()
+        # nothing of the job runs now: a temporary left here was a worker's that died mid-write
+        await asyncio.to_thread(self.service.files.remove_temporaries, job.id)
         await self._write_progress(job.id, progress, force=True)
         if job.id in self._cancelled:
             return

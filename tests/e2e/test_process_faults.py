@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, assert_each_pair_once, submit, wait_final
+from tests.e2e.conftest import Server, assert_each_pair_once, assert_files_are_the_products, submit, wait_final
 
 
 def session_members(sid: int) -> list[int]:
@@ -103,7 +103,10 @@ def test_a_worker_killed_mid_job_loses_nothing_and_makes_nothing_twice(server: S
     workers = [pid for pid in session_members(server.process.pid) if pid != server.process.pid and not helper(pid)]
     busiest = max(workers, key=cpu_seconds)
     os.kill(busiest, signal.SIGKILL)
+    # what a worker killed between writing and renaming leaves (too brief a moment to hit by chance)
+    (server.state_dir / "results" / job.rsplit("/", 1)[-1] / ".tmp-killed-mid-write").write_bytes(b"SIMPLE  =")
     final = wait_final(job, timeout=180)
     assert final.phase == "COMPLETED"
     ids = assert_each_pair_once(final, demo_archive, positions, 0.03)
     assert httpx.get(job + "/results/table").text.count("<TR>") == len(ids)
+    assert_files_are_the_products(server.state_dir, job.rsplit("/", 1)[-1], ids, demo_archive, positions, 0.03)
