@@ -48,7 +48,11 @@ class Executor(Protocol):
 
 
 class PhaseWatch:
-    """Wakes waiters on a job (WAIT on phase changes, event streams on new results), in this process."""
+    """Wakes waiters on a job (WAIT on phase changes, event streams on new results), in this process.
+
+    A waiter that reads the job and then waits must `arm` first: a notification that comes
+    while it reads (an await) then still wakes it, instead of being lost until the timeout.
+    """
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
@@ -59,9 +63,16 @@ class PhaseWatch:
         if event is not None:
             event.set()
 
-    async def wait(self, job_id: str, timeout: float) -> bool:
-        """Return at the next notification for ``job_id`` (True), or after ``timeout`` seconds (False)."""
-        event = self._events.setdefault(job_id, asyncio.Event())
+    def arm(self, job_id: str) -> asyncio.Event:
+        """The event that the next notification for ``job_id`` sets; take it before reading the job."""
+        return self._events.setdefault(job_id, asyncio.Event())
+
+    async def wait(self, job_id: str, timeout: float, armed: asyncio.Event | None = None) -> bool:
+        """Return at the next notification for ``job_id`` (True), or after ``timeout`` seconds (False).
+
+        With ``armed`` (from `arm`), a notification since arming counts: the call returns at once.
+        """
+        event = armed or self.arm(job_id)
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
@@ -117,12 +128,14 @@ class JobService:
         expected = parse_choice("PHASE", phase, list(PHASES)) if phase is not None else None
         timeout = self.wait_max_s if seconds == -1 else min(seconds, self.wait_max_s)
         deadline = asyncio.get_running_loop().time() + timeout
+        armed = self.watch.arm(job_id)
         job = await self.get(job_id, owner)
         while job.phase in ACTIVE and (expected is None or job.phase == expected):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 break
-            await self.watch.wait(job_id, remaining)
+            await self.watch.wait(job_id, remaining, armed)
+            armed = self.watch.arm(job_id)
             job = await self.get(job_id, owner)
             if expected is None or job.phase != expected:
                 break
