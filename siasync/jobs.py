@@ -182,7 +182,7 @@ class JobService:
         if job.phase in RUNNABLE:
             await self._check_owner_limits(owner, job.info.get("fields_total", 0))
         if not await self._transition(job_id, RUNNABLE, "QUEUED"):
-            raise PermissionDenied(f"cannot run job {job_id} in phase {job.phase}")
+            raise PermissionDenied(f"cannot run job {job_id} in phase {(await self.get(job_id, owner)).phase}")
         if self.executor is not None:
             self.executor.submit(job_id)
 
@@ -205,9 +205,10 @@ class JobService:
 
     async def abort(self, job_id: str, owner: str) -> None:
         """PHASE=ABORT: keep the results so far and stop."""
-        job = await self.get(job_id, owner)
+        await self.get(job_id, owner)
         if not await self._transition(job_id, ABORTABLE, "ABORTED", end_time=datetime.now(UTC)):
-            raise PermissionDenied(f"cannot abort job {job_id} in phase {job.phase}")
+            # the phase now, or 404: a DELETE or the job's end may have come between the read and the change
+            raise PermissionDenied(f"cannot abort job {job_id} in phase {(await self.get(job_id, owner)).phase}")
         if self.executor is not None:
             self.executor.cancel(job_id)
 

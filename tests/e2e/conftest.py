@@ -27,28 +27,30 @@ def free_port() -> int:
 class Server:
     """One server process over a state directory; restartable on the same directory and port."""
 
-    def __init__(self, archive: Path, state_dir: Path, log: Path, *args: str) -> None:
-        self.archive, self.state_dir, self.log_path, self.args = archive, state_dir, log, args
+    def __init__(self, archive: Path, state_dir: Path, log: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.archive, self.state_dir, self.log_path, self.args, self.env = archive, state_dir, log, args, env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Server:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "siasync", "serve", "--port", str(self.port), "--archive", str(self.archive),
                  "--state-dir", str(self.state_dir), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/async", timeout=2).status_code < 500:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
+        with httpx.Client(timeout=2) as client:  # one client: each new one costs tens of ms of CPU (SSL context)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+                try:
+                    if client.get(self.url + "/async").status_code < 500:
+                        return self
+                except httpx.TransportError:
+                    time.sleep(0.1)
         raise RuntimeError("server did not start")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -151,9 +153,9 @@ def server(tmp_path: Path, demo_archive: Path, executor: str) -> Iterator[Server
 
 
 @contextmanager
-def serving(root: Path, archive: Path, *args: str) -> Iterator[Server]:
-    """A server over a state directory under ``root``, stopped at the end."""
-    srv = Server(archive, root / "state", root / "server.log", *args).start()
+def serving(root: Path, archive: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A server over a state directory under ``root``, stopped at the end; ``env``: more environment variables."""
+    srv = Server(archive, root / "state", root / "server.log", *args, env=env).start()
     try:
         yield srv
     finally:

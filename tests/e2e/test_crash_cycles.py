@@ -31,11 +31,13 @@ from tests.e2e.test_staging import grid
 #: small fields on the r-band images only: about 675 products, a few seconds of work on two workers
 SIZE = 0.005
 BANDS = ["r"]
+#: one keep-alive client for the polling: a fresh httpx.get costs tens of ms of CPU (its SSL context)
+HTTP = httpx.Client(timeout=60)
 
 
 def registered(job: str) -> int:
     """Products listed by /results right now (exact: the list, not the cached job document)."""
-    return len(etree.fromstring(httpx.get(job + "/results", timeout=30).content)) - 1  # the table is listed too
+    return len(etree.fromstring(HTTP.get(job + "/results").content)) - 1  # the table is listed too
 
 
 @pytest.mark.parametrize("cycles", [10, pytest.param(50, marks=pytest.mark.soak)])
@@ -59,7 +61,7 @@ def test_sigkill_cycles_lose_nothing_and_make_nothing_twice(tmp_path: Path, demo
                 assert time.monotonic() < deadline, f"no progress after {len(killed_at)} kills"
                 time.sleep(0.02)
             time.sleep(rng.uniform(0, 0.05))
-            killed_at.append((done, httpx.get(job + "/phase").text))
+            killed_at.append((done, HTTP.get(job + "/phase").text))
             server.stop(signal.SIGKILL)  # the whole process group, at once
             server.start()
         print(f"killed at (products, phase): {killed_at}")
@@ -67,7 +69,7 @@ def test_sigkill_cycles_lose_nothing_and_make_nothing_twice(tmp_path: Path, demo
         final = wait_final(job, timeout=300)
         assert final.phase == "COMPLETED", final.errorsummary
         ids = assert_each_pair_once(final, demo_archive, positions, SIZE, bands=BANDS)
-        table = parse_single_table(io.BytesIO(httpx.get(job + "/results/table", timeout=60).content)).to_table()
+        table = parse_single_table(io.BytesIO(HTTP.get(job + "/results/table").content)).to_table()
         assert list(table["result_id"]) == ids  # a row per product, in registration order
         rows = [(int(f), str(p)) for f, p in zip(table["field"], table["parent_id"], strict=True)]
         assert len(rows) == len(set(rows)) and set(rows) == pairs
