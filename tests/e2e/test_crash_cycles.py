@@ -3,7 +3,8 @@
 Each cycle lets the job register a random number of products (none, some times: the
 kill then lands while the restarted server requeues the job and sends its first
 batches), waits a random moment more, SIGKILLs the server's process group (server,
-forkserver and workers) and restarts the server on the same state directory. At the
+forkserver and workers) and restarts the server on the same state directory. One cycle
+in five kills the restarting server instead, at a random moment of its start-up. At the
 end the job must be COMPLETED with every (field, image) pair exactly once in the
 results and in the table, and each file on disk a valid FITS image with the pixels of
 its parent. The seed of each run is printed, so a failure can be replayed.
@@ -15,6 +16,7 @@ import io
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +42,26 @@ def registered(job: str) -> int:
     return len(etree.fromstring(HTTP.get(job + "/results").content)) - 1  # the table is listed too
 
 
+def kill_while_starting(server: Server, delay: float) -> None:
+    """Start the server and SIGKILL its process group ``delay`` seconds later, whether it serves by then or not:
+    in the middle of its imports, of the requeueing of the job, or of its first batches."""
+    old, failed = server.process, []
+
+    def start() -> None:
+        try:
+            server.start()
+        except RuntimeError as exc:  # killed before it served
+            failed.append(exc)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    while server.process is old:
+        time.sleep(0.005)
+    time.sleep(delay)
+    server.stop(signal.SIGKILL)
+    starting.join(90)
+
+
 @pytest.mark.parametrize("cycles", [10, pytest.param(50, marks=pytest.mark.soak)])
 def test_sigkill_cycles_lose_nothing_and_make_nothing_twice(tmp_path: Path, demo_archive: Path,
                                                             demo_index: ArchiveIndex, cycles: int) -> None:
@@ -53,7 +75,14 @@ def test_sigkill_cycles_lose_nothing_and_make_nothing_twice(tmp_path: Path, demo
     try:
         job = submit(server, POS=[f"{ra},{dec}" for ra, dec in positions], SIZE=str(SIZE), PHASE="RUN", BAND=BANDS)
         killed_at: list[tuple[int, str]] = []
-        for _ in range(cycles):
+        for cycle in range(cycles):
+            if cycle % 5 == 2:  # a kill while the server starts over
+                delay = rng.uniform(0, 3.0)
+                server.stop(signal.SIGKILL)
+                kill_while_starting(server, delay)
+                killed_at.append((-1, f"starting +{delay:.1f} s"))
+                server.start()
+                continue
             # at most 1/(cycles + 2) of the job per cycle, so that every kill lands while the job runs
             target = registered(job) + rng.randint(0, len(pairs) // (cycles + 2))
             deadline = time.monotonic() + 60
@@ -65,7 +94,8 @@ def test_sigkill_cycles_lose_nothing_and_make_nothing_twice(tmp_path: Path, demo
             server.stop(signal.SIGKILL)  # the whole process group, at once
             server.start()
         print(f"killed at (products, phase): {killed_at}")
-        assert {phase for _, phase in killed_at} <= {"QUEUED", "EXECUTING"}  # every kill hit the running job
+        # every kill hit the running job (or the server starting over with it)
+        assert {phase for _, phase in killed_at if not phase.startswith("starting")} <= {"QUEUED", "EXECUTING"}
         final = wait_final(job, timeout=300)
         assert final.phase == "COMPLETED", final.errorsummary
         ids = assert_each_pair_once(final, demo_archive, positions, SIZE, bands=BANDS)
