@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO := data/demo
 DEMO_SETTINGS := data/demo-survey.toml
 
-.PHONY: serve test bench demo clean
+.PHONY: serve test soak bench demo clean
 
 # Reinstall only when pyproject.toml changes: the stamp is newer than it otherwise.
 $(VENV)/.installed: pyproject.toml
@@ -31,11 +31,17 @@ serve: demo
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
+# The long variants of the reliability tests (marked soak; `make test` runs the short ones):
+# 50 SIGKILL cycles of the server, 300 destroys at random moments, 200 ABORT-with-DELETE races.
+soak: $(VENV)/.installed
+	$(BIN)/python -m pytest --soak -m soak tests/e2e
+
 bench: $(VENV)/.installed-bench demo
 	$(BIN)/python bench/cutout_bench.py
 	$(BIN)/python bench/service_bench.py --archive $(DEMO)
 	$(BIN)/python bench/staging_bench.py --archive $(DEMO)
 	$(BIN)/python bench/stack_bench.py --archive $(DEMO)
+	$(BIN)/python bench/load_bench.py --archive $(DEMO)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache bench/.scratch

@@ -28,7 +28,7 @@ class BenchServer:
             env={**os.environ, **(env or {})})
         for _ in range(600):
             try:
-                if httpx.get(self.url + "/async?LAST=1", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/async?LAST=1", timeout=2).status_code < 500:  # 401 in header auth mode
                     return
             except httpx.TransportError:
                 time.sleep(0.1)

@@ -33,7 +33,7 @@ from siasync.settings import Settings
 from siasync.sia import SiaService
 from siasync.web import TEXT
 from storage.files import ResultFiles
-from storage.jobs import JobStore
+from storage.jobs import JobStore, StoreFull
 
 log = logging.getLogger(__name__)
 _HTTP_NAMES = {400: "UsageError", 401: "AuthenticationError", 403: "PermissionDenied", 404: "NotFound",
@@ -119,7 +119,8 @@ def create_app(settings: Settings) -> Litestar:
             "sia": Provide(sia, sync_to_thread=False),
             "owner": Provide(owner, sync_to_thread=False),
         },
-        exception_handlers={ServiceError: _service_error, HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
+                            Exception: _internal_error},
         template_config=TemplateConfig(directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine,
                                        engine_callback=_template_filters),
         openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema"),
@@ -147,6 +148,12 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
         detail = f"request body: {detail}"
     return Response(f"{name}: {detail}\n", status_code=exc.status_code, media_type=TEXT,
                     headers=getattr(exc, "headers", None) or {})
+
+
+def _store_full(request: Request, exc: StoreFull) -> Response:
+    log.error("cannot store %s %s: the disk is full", request.method, request.url.path)
+    return Response("Error: the service's disk is full, so the request could not be stored; try again later\n",
+                    status_code=503, media_type=TEXT, headers={"Retry-After": "60"})
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:

@@ -36,6 +36,7 @@ async def job_events(service: JobService, job_id: str, after: int, base: str) ->
     """The event stream of one job, from result ``after`` on."""
     phase, info = None, None
     while True:
+        armed = service.results_watch.arm(job_id)  # a result or phase change from here on wakes the wait below
         job = await service.store.get(job_id)
         if job is None:
             yield ServerSentEventMessage(event="phase", data=json.dumps({"phase": "DESTROYED"}))
@@ -57,6 +58,6 @@ async def job_events(service: JobService, job_id: str, after: int, base: str) ->
             continue
         if job.phase not in ACTIVE:
             return
-        woken = await service.results_watch.wait(job_id, KEEPALIVE_S)
+        woken = await service.results_watch.wait(job_id, KEEPALIVE_S, armed)
         if not woken:
             yield ServerSentEventMessage(comment="keep-alive", data=None)  # no data line: no empty message event

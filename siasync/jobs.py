@@ -50,7 +50,11 @@ class Executor(Protocol):
 
 
 class PhaseWatch:
-    """Wakes waiters on a job (WAIT on phase changes, event streams on new results), in this process."""
+    """Wakes waiters on a job (WAIT on phase changes, event streams on new results), in this process.
+
+    A waiter that reads the job and then waits must `arm` first: a notification that comes
+    while it reads (an await) then still wakes it, instead of being lost until the timeout.
+    """
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
@@ -61,9 +65,16 @@ class PhaseWatch:
         if event is not None:
             event.set()
 
-    async def wait(self, job_id: str, timeout: float) -> bool:
-        """Return at the next notification for ``job_id`` (True), or after ``timeout`` seconds (False)."""
-        event = self._events.setdefault(job_id, asyncio.Event())
+    def arm(self, job_id: str) -> asyncio.Event:
+        """The event that the next notification for ``job_id`` sets; take it before reading the job."""
+        return self._events.setdefault(job_id, asyncio.Event())
+
+    async def wait(self, job_id: str, timeout: float, armed: asyncio.Event | None = None) -> bool:
+        """Return at the next notification for ``job_id`` (True), or after ``timeout`` seconds (False).
+
+        With ``armed`` (from `arm`), a notification since arming counts: the call returns at once.
+        """
+        event = armed or self.arm(job_id)
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
@@ -120,12 +131,14 @@ class JobService:
         expected = parse_choice("PHASE", phase, list(PHASES)) if phase is not None else None
         timeout = self.wait_max_s if seconds == -1 else min(seconds, self.wait_max_s)
         deadline = asyncio.get_running_loop().time() + timeout
+        armed = self.watch.arm(job_id)
         job = await self.get(job_id, owner)
         while job.phase in ACTIVE and (expected is None or job.phase == expected):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 break
-            await self.watch.wait(job_id, remaining)
+            await self.watch.wait(job_id, remaining, armed)
+            armed = self.watch.arm(job_id)
             job = await self.get(job_id, owner)
             if expected is None or job.phase != expected:
                 break
@@ -172,7 +185,7 @@ class JobService:
         if job.phase in RUNNABLE:
             await self._check_owner_limits(owner, job.info.get("fields_total", 0))
         if not await self._transition(job_id, RUNNABLE, "QUEUED"):
-            raise PermissionDenied(f"cannot run job {job_id} in phase {job.phase}")
+            raise PermissionDenied(f"cannot run job {job_id} in phase {(await self.get(job_id, owner)).phase}")
         if self.executor is not None:
             self.executor.submit(job_id)
 
@@ -195,9 +208,10 @@ class JobService:
 
     async def abort(self, job_id: str, owner: str) -> None:
         """PHASE=ABORT: keep the results so far and stop."""
-        job = await self.get(job_id, owner)
+        await self.get(job_id, owner)
         if not await self._transition(job_id, ABORTABLE, "ABORTED", end_time=datetime.now(UTC)):
-            raise PermissionDenied(f"cannot abort job {job_id} in phase {job.phase}")
+            # the phase now, or 404: a DELETE or the job's end may have come between the read and the change
+            raise PermissionDenied(f"cannot abort job {job_id} in phase {(await self.get(job_id, owner)).phase}")
         if self.executor is not None:
             self.executor.cancel(job_id)
 

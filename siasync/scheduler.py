@@ -42,7 +42,7 @@ from siasync.jobs import JobService, staging_request
 from siasync.params import StagingRequest
 from siasync.pool import LostTask, TaskPool
 from siasync.worker import BatchTask, PairOutcome, PairTask, coadd_tasks
-from storage.jobs import Job, Product, TableRow
+from storage.jobs import Job, Product, StoreFull, TableRow
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ FIRST_PLAN_FIELDS = 8
 PROGRESS_EVERY = 0.5
 #: times a batch lost with a dead worker is submitted again
 RETRIES = 3
+#: seconds between attempts to record a job's error while the store's disk is full
+RECORD_EVERY = 2.0
 
 
 @dataclass
@@ -145,9 +147,29 @@ class Scheduler:
             job_id = await self._queue.get()
             try:
                 await self._run(job_id)
+            except StoreFull:
+                log.error("job %s stopped: the job store's disk is full", job_id)
+                await self._finish(job_id, "ERROR", "the disk is full: the job's progress cannot be recorded")
             except Exception:  # one job's bug must not stop the runner
                 log.exception("job %s failed unexpectedly", job_id)
-                await self.service.finish(job_id, "ERROR", ("fatal", "internal error while staging; see the log"))
+                await self._finish(job_id, "ERROR", "internal error while staging; see the log")
+
+    async def _finish(self, job_id: str, phase: str, error: str | None = None) -> None:
+        """Move the job to its final phase; while a full disk prevents even that, try again in the background."""
+        try:
+            await self.service.finish(job_id, phase, error and ("fatal", error))
+        except StoreFull:
+            log.error("job %s: cannot record %s, the disk is full; trying every %s s", job_id, phase, RECORD_EVERY)
+            self._tasks.append(asyncio.create_task(self._finish_later(job_id, phase, error), name=f"finish-{job_id}"))
+        except Exception:  # the runner must go on to the next job; this one resumes at the next start
+            log.exception("job %s: cannot record %s", job_id, phase)
+
+    async def _finish_later(self, job_id: str, phase: str, error: str | None) -> None:
+        while True:
+            await asyncio.sleep(RECORD_EVERY)
+            with contextlib.suppress(StoreFull):
+                await self.service.finish(job_id, phase, error and ("fatal", error))  # False: destroyed meanwhile
+                return
 
     async def _run(self, job_id: str) -> None:
         job = await self.service.store.get(job_id)
@@ -288,15 +310,17 @@ class Scheduler:
         finally:
             self.dispatcher.close(ticket)
             await batches.aclose()
+        # nothing of the job runs now: a temporary left here was a worker's that died mid-write
+        await asyncio.to_thread(self.service.files.remove_temporaries, job.id)
         await self._write_progress(job.id, progress, force=True)
         if job.id in self._cancelled:
             return
         if fatal:
-            await self.service.finish(job.id, "ERROR", ("fatal", fatal))
+            await self._finish(job.id, "ERROR", fatal)
         else:
             progress.fields_done = len(request.positions)
             await self._write_progress(job.id, progress, force=True)
-            await self.service.finish(job.id, "COMPLETED")
+            await self._finish(job.id, "COMPLETED")
 
     def _launch(self, ticket: Ticket, in_flight: dict, batch: BatchTask, attempt: int) -> None:
         in_flight[self.dispatcher.submit(ticket, batch)] = (batch, attempt)
@@ -322,7 +346,11 @@ class Scheduler:
                     for o in outcomes for name, size, mime in o.products]
         rows = [TableRow(o.field_index, o.image_id, name, row) for o in outcomes for name, row in o.rows]
         if products or rows:
-            await self.service.store.register(job_id, products, rows)
+            try:
+                await self.service.store.register(job_id, products, rows)
+            except StoreFull:  # unregistered files would be orphans; deleting them frees room to record the error
+                await asyncio.to_thread(_delete_files, self.service.files, job_id, written)
+                return "cannot register results: the disk is full"
             self.service.results_watch.notify(job_id)
         progress.record(len(products), sum(p.size for p in products))
         progress.pairs += sum(o.pairs for o in outcomes if o.problem is None)
@@ -340,7 +368,10 @@ class Scheduler:
         if force or now - progress._written >= PROGRESS_EVERY:
             progress._written = now
             quote = {"quote": self.quote(job_id, ticket.remaining)} if ticket is not None else {}
-            await self.service.store.update(job_id, info=progress.as_info(), **quote)
+            try:
+                await self.service.store.update(job_id, info=progress.as_info(), **quote)
+            except StoreFull:  # progress is advisory: the next write, or the job's end, says more
+                log.warning("job %s: progress not recorded: the disk is full", job_id)
 
 
 def _release(outstanding: dict[int, int], batch: BatchTask) -> None:

@@ -9,6 +9,7 @@ an impossible history.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
-                        TypeDecorator, UniqueConstraint, delete, func, insert, select, update)
+                        TypeDecorator, UniqueConstraint, delete, event, func, insert, select, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -190,6 +191,15 @@ class StoreError(RuntimeError):
     """The store cannot be used (for example, a newer schema)."""
 
 
+class StoreFull(StoreError):
+    """The store cannot write: its disk is full (nothing of the failed write was stored)."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a driver error says the disk is full: SQLITE_FULL, or PostgreSQL's disk_full (53100)."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(exc, "sqlstate", None) == "53100"
+
+
 class JobStore:
     """Async access to jobs and results.
 
@@ -235,8 +245,13 @@ class JobStore:
         # msgspec: a 10,000-position spec encodes in 1 ms instead of json's 24 ms, and decodes 5x faster
         engine = create_async_engine(url, json_serializer=_json_text, json_deserializer=msgspec.json.decode,
                                      **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}))
+
+        @event.listens_for(engine.sync_engine, "handle_error")
+        def _full(context: Any) -> None:
+            if _disk_full(context.original_exception):
+                raise StoreFull("the job store's disk is full") from context.original_exception
+
         if url.startswith("sqlite"):
-            from sqlalchemy import event
 
             @event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -42,3 +42,22 @@ def demo_index(demo_archive: Path):
     from cutout.index import ArchiveIndex
 
     return ArchiveIndex.load(demo_archive)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true",
+                     help="also collect the long variants (marked soak) of the reliability tests")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "soak: a long variant of a reliability test, run by `make soak` (--soak)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without --soak, the soak variants are deselected (not skipped): `make test` runs the fast ones only."""
+    if config.getoption("--soak"):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]

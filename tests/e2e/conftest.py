@@ -27,28 +27,30 @@ def free_port() -> int:
 class Server:
     """One server process over a state directory; restartable on the same directory and port."""
 
-    def __init__(self, archive: Path, state_dir: Path, log: Path, *args: str) -> None:
-        self.archive, self.state_dir, self.log_path, self.args = archive, state_dir, log, args
+    def __init__(self, archive: Path, state_dir: Path, log: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.archive, self.state_dir, self.log_path, self.args, self.env = archive, state_dir, log, args, env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Server:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "siasync", "serve", "--port", str(self.port), "--archive", str(self.archive),
                  "--state-dir", str(self.state_dir), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/async", timeout=2).status_code < 500:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
+        with httpx.Client(timeout=2) as client:  # one client: each new one costs tens of ms of CPU (SSL context)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+                try:
+                    if client.get(self.url + "/async").status_code < 500:
+                        return self
+                except httpx.TransportError:
+                    time.sleep(0.1)
         raise RuntimeError("server did not start")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -70,17 +72,55 @@ def submit(server: Server, **data: object) -> str:
     return server.url + response.headers["location"]
 
 
-def assert_each_pair_once(final, archive: Path, positions: list[tuple[float, float]], size: float) -> list[str]:
-    """The job listed one FITS product per (field, image) pair of the archive lookup, none twice; its ids."""
+def assert_each_pair_once(final, archive: Path, positions: list[tuple[float, float]], size: float,
+                          **filters: list[str]) -> list[str]:
+    """The job listed one FITS product per (field, image) pair of the archive lookup, none twice; its ids.
+
+    ``filters`` are the job's ``collections`` and ``bands``, when it had some.
+    """
     from cutout.index import ArchiveIndex
     from cutout.sky import Field
 
     index = ArchiveIndex.load(archive)
     expected = {f"{i:05d}.{record.id}.fits" for i, (ra, dec) in enumerate(positions)
-                for record in index.lookup(Field(ra, dec, size, size))}
+                for record in index.lookup(Field(ra, dec, size, size), **filters)}
     ids = [r.id_ for r in final.results if r.id_ != "table"]
     assert len(ids) == len(set(ids)) and set(ids) == expected
     return ids
+
+
+def assert_files_are_the_products(state_dir: Path, job_id: str, ids: list[str], archive: Path,
+                                  positions: list[tuple[float, float]], size: float) -> None:
+    """On disk: exactly the job's listed FITS products, no temporary or orphan file anywhere under the
+    results, and each file a valid FITS image with the pixels of its parent, cut again here with `cutout`."""
+    import numpy as np
+    from astropy.io import fits
+
+    from cutout.engine import ParentImage, cut
+    from cutout.index import ArchiveIndex
+    from cutout.sky import Field
+
+    results = state_dir / "results"
+    assert sorted(p.name for p in results.iterdir()) == [job_id]  # no other job's directory
+    directory = results / job_id
+    assert sorted(p.name for p in directory.iterdir()) == sorted(ids)  # no .tmp-* file, no unlisted product
+    index = ArchiveIndex.load(archive)
+    parents: dict[str, ParentImage] = {}
+    try:
+        for name in ids:
+            field, image_id, _ = name.split(".", 2)
+            record = index.by_id[image_id]
+            if image_id not in parents:
+                parents[image_id] = ParentImage(index.path_of(record), record.hdu, record.id, record.path)
+            ra, dec = positions[int(field)]
+            expected = cut(parents[image_id], Field(ra, dec, size, size))
+            with fits.open(directory / name) as hdul:
+                hdul.verify("exception")
+                assert hdul[0].header["PARENTID"] == image_id
+                np.testing.assert_array_equal(hdul[0].data, expected.data, err_msg=name)
+    finally:
+        for parent in parents.values():
+            parent.close()
 
 
 def wait_final(url: str, timeout: float = 60):
@@ -113,9 +153,9 @@ def server(tmp_path: Path, demo_archive: Path, executor: str) -> Iterator[Server
 
 
 @contextmanager
-def serving(root: Path, archive: Path, *args: str) -> Iterator[Server]:
-    """A server over a state directory under ``root``, stopped at the end."""
-    srv = Server(archive, root / "state", root / "server.log", *args).start()
+def serving(root: Path, archive: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A server over a state directory under ``root``, stopped at the end; ``env``: more environment variables."""
+    srv = Server(archive, root / "state", root / "server.log", *args, env=env).start()
     try:
         yield srv
     finally:

@@ -389,7 +389,10 @@ def test_the_event_stream_keep_alive_is_a_bare_comment(monkeypatch) -> None:
                 return []
 
         class results_watch:
-            async def wait(job_id: str, timeout: float) -> bool:
+            def arm(job_id: str) -> None:
+                return None
+
+            async def wait(job_id: str, timeout: float, armed: None) -> bool:
                 return False
 
     async def first_messages() -> list[bytes]:

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
-from storage.jobs import SCHEMA_VERSION, Job, JobStore, Product, StoreError, TableRow
+from storage.jobs import SCHEMA_VERSION, Job, JobStore, Product, StoreError, StoreFull, TableRow
 
 
 def make_job(job_id: str, owner: str = "alice", phase: str = "PENDING", created: datetime | None = None) -> Job:
@@ -157,3 +158,28 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
     assert job is not None and job.id == "old" and rows == []
     with sqlite3.connect(tmp_path / "jobs.db") as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_full_disk_is_a_store_full_error_and_stores_nothing_of_the_write(tmp_path: Path) -> None:
+    """SQLite's 'database or disk is full' (here: a page limit) becomes StoreFull; the failed write leaves nothing."""
+    async def scenario() -> tuple[int, Job | None]:
+        store = await JobStore.open(url(tmp_path))
+        await store.create(make_job("j"))
+
+        @event.listens_for(store.engine.sync_engine, "connect")
+        def no_room(dbapi_connection, _record) -> None:  # the database may not grow past its size now
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA max_page_count = 1")  # SQLite keeps the larger of this and its page count
+            cursor.close()
+
+        await store.engine.dispose()
+        products = [Product(f"r{i}", 1, "image/fits", {"padding": "x" * 4000}) for i in range(50)]
+        with pytest.raises(StoreFull, match="disk is full"):
+            await store.register("j", products, [TableRow(0, "i", "r0", "<TR/>")])
+        with pytest.raises(StoreFull):
+            await store.create(make_job("k", owner="x" * 200), [("t", "text/csv", bytes(20000))])
+        found = len(await store.results("j")), await store.get("k")
+        await store.close()
+        return found
+
+    assert run(scenario()) == (0, None)

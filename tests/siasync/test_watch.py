@@ -1,0 +1,79 @@
+"""Waking waiters: a change that lands while a waiter reads the job must not wait for the timeout.
+
+WAIT long-polls and event streams read the job (an await, during which the job may
+change) and then wait for a notification. These tests change the job during that read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from siasync.events import job_events
+from siasync.jobs import JobService, PhaseWatch
+from siasync.params import Limits
+from storage.files import ResultFiles
+from storage.jobs import Job
+
+NOW = datetime.now(UTC)
+RUNNING = Job(id="j", owner="o", run_id=None, phase="EXECUTING", creation_time=NOW, start_time=NOW, end_time=None,
+              execution_duration=60, destruction=NOW, quote=None, start_after=None, error_type=None,
+              error_message=None, parameters=[], spec={}, info={})
+
+
+def test_a_notification_between_arming_and_waiting_is_not_lost() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        watch = PhaseWatch()
+        armed = watch.arm("j")
+        watch.notify("j")  # while the waiter was reading the job
+        woken = await watch.wait("j", 5.0, armed)
+        quiet = await watch.wait("j", 0.01, watch.arm("j"))  # and a new arming waits for the next one
+        return woken, quiet
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 2.0)) == (True, False)
+
+
+class ChangingStore:
+    """A store whose job is aborted while a reader awaits its first read (a DELETE or ABORT meanwhile)."""
+
+    def __init__(self, watches: list[PhaseWatch]) -> None:
+        self.watches, self.phase = watches, "EXECUTING"
+
+    async def _change_once(self) -> None:
+        await asyncio.sleep(0)
+        if self.phase == "EXECUTING":
+            self.phase = "ABORTED"
+            for watch in self.watches:
+                watch.notify("j")
+
+    async def get(self, job_id: str) -> Job:
+        job = replace(RUNNING, phase=self.phase)
+        await self._change_once()  # the answer was read before the change
+        return job
+
+    async def results(self, job_id: str, after: int, limit: int) -> list:
+        return []
+
+
+def test_wait_returns_when_the_phase_changes_during_its_read(tmp_path: Path) -> None:
+    limits = Limits(frozenset(), frozenset(), 10, 1.0, 60, 60, 60, 60)
+    service = JobService(None, ResultFiles(tmp_path), limits, wait_max_s=30)
+    service.store = ChangingStore([service.watch])
+
+    async def scenario() -> str:
+        return (await service.wait("j", "o", "30")).phase
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 2.0)) == "ABORTED"  # not after the 30 s WAIT
+
+
+def test_the_event_stream_sends_a_phase_change_made_during_its_read() -> None:
+    class Service:
+        results_watch = PhaseWatch()
+        store = ChangingStore([results_watch])
+
+    async def phases() -> list[str]:
+        return [m.data for m in [m async for m in job_events(Service, "j", 0, "http://x")] if m.event == "phase"]
+
+    assert asyncio.run(asyncio.wait_for(phases(), 2.0)) == ['{"phase": "EXECUTING"}', '{"phase": "ABORTED"}']
