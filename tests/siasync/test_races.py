@@ -3,7 +3,8 @@
 WAIT long-polls and event streams read the job (an await, during which the job may
 change) and then wait for a notification: a change during that read must wake them.
 A phase change that fails because another one got there first must say which phase
-the job is in now, though the store's cache may not show that change yet.
+the job is in now, though the store's cache may not show that change yet. A download
+already answered must read whole though the job is destroyed before it is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from siasync.events import job_events
+from siasync.download import file_response
 from siasync.errors import PermissionDenied
 from siasync.jobs import JobService, PhaseWatch
 from siasync.params import Limits
@@ -104,3 +106,17 @@ def test_a_refused_abort_names_the_phase_the_store_holds_not_a_stale_cached_one(
 
     assert asyncio.run(scenario()) == ("EXECUTING", "cannot abort job j in phase ABORTED", "ABORTED")
 
+
+def test_a_download_answered_reads_whole_though_its_file_is_deleted_before_it_is_sent(tmp_path: Path) -> None:
+    path, data = tmp_path / "00000.x.fits", bytes(range(256)) * 4096  # several chunks
+
+    class Request:
+        headers: dict[str, str] = {}
+
+    async def scenario() -> bytes:
+        response = await file_response(Request, path, "image/fits", path.name)
+        path.unlink()  # a DELETE of the job between the answer's headers and its body
+        return b"".join([chunk async for chunk in response.iterator])
+
+    path.write_bytes(data)
+    assert asyncio.run(scenario()) == data
