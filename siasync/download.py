@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 from litestar import Request, Response
+from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from siasync.errors import NotFound
@@ -45,8 +46,8 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
     return start, end
 
 
-async def _chunks(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
-    async with aiofiles.open(path, "rb") as f:
+async def _chunks(f: Any, start: int, end: int) -> AsyncIterator[bytes]:
+    try:
         await f.seek(start)
         remaining = end - start + 1
         while remaining > 0:
@@ -55,20 +56,34 @@ async def _chunks(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
                 break
             remaining -= len(chunk)
             yield chunk
+    finally:
+        await f.close()
 
 
 async def file_response(request: Request, path: Path, media_type: str, filename: str) -> Response:
-    """A complete or partial (206) response for a result file."""
+    """A complete or partial (206) response for a result file.
+
+    The file is opened before anything is answered: a job destroyed during the download
+    deletes the file's name, but the open file still reads whole to its end.
+    """
     try:
-        st = await asyncio.to_thread(os.stat, path)
+        f = await aiofiles.open(path, "rb")
     except FileNotFoundError:
         raise NotFound(f"result {filename!r} is gone") from None
+    try:
+        return _respond(request, f, os.fstat(f.fileno()), media_type, filename)
+    except BaseException:
+        await f.close()
+        raise
+
+
+def _respond(request: Request, f: Any, st: os.stat_result, media_type: str, filename: str) -> Response:
     size = st.st_size
     etag = f'"{size:x}-{st.st_mtime_ns:x}"'
     headers = {"ETag": etag, "Last-Modified": formatdate(st.st_mtime, usegmt=True), "Accept-Ranges": "bytes",
                "Content-Disposition": f'inline; filename="{filename}"'}
     if request.headers.get("if-none-match") in (etag, "*"):
-        return Response(b"", status_code=304, headers=headers)
+        return Response(b"", status_code=304, headers=headers, background=BackgroundTask(f.close))
     start, end, status = 0, size - 1, 200
     wanted = request.headers.get("range")
     if wanted and request.headers.get("if-range", etag) == etag:
@@ -76,9 +91,9 @@ async def file_response(request: Request, path: Path, media_type: str, filename:
         if chosen is None:
             return Response(f"UsageError: Range: {wanted.strip()[:100]!r} is not within the file's {size} bytes\n",
                             status_code=416, media_type="text/plain",
-                            headers={**headers, "Content-Range": f"bytes */{size}"})
+                            headers={**headers, "Content-Range": f"bytes */{size}"}, background=BackgroundTask(f.close))
         if chosen:
             (start, end), status = chosen, 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(max(end - start + 1, 0))
-    return Stream(_chunks(path, start, end), status_code=status, media_type=media_type, headers=headers)
+    return Stream(_chunks(f, start, end), status_code=status, media_type=media_type, headers=headers)

@@ -185,7 +185,7 @@ class JobService:
         if job.phase in RUNNABLE:
             await self._check_owner_limits(owner, job.info.get("fields_total", 0))
         if not await self._transition(job_id, RUNNABLE, "QUEUED"):
-            raise PermissionDenied(f"cannot run job {job_id} in phase {(await self.get(job_id, owner)).phase}")
+            raise await self._refused(job_id, "run")
         if self.executor is not None:
             self.executor.submit(job_id)
 
@@ -210,8 +210,7 @@ class JobService:
         """PHASE=ABORT: keep the results so far and stop."""
         await self.get(job_id, owner)
         if not await self._transition(job_id, ABORTABLE, "ABORTED", end_time=datetime.now(UTC)):
-            # the phase now, or 404: a DELETE or the job's end may have come between the read and the change
-            raise PermissionDenied(f"cannot abort job {job_id} in phase {(await self.get(job_id, owner)).phase}")
+            raise await self._refused(job_id, "abort")
         if self.executor is not None:
             self.executor.cancel(job_id)
 
@@ -326,6 +325,14 @@ class JobService:
                     if self.executor is not None:
                         self.executor.cancel(job_id)
         return destroyed, overdue
+
+    async def _refused(self, job_id: str, action: str) -> PermissionDenied:
+        """Why a phase change failed: the phase the store holds now (a DELETE, ABORT or the job's end may have
+        come between the caller's read and its change), or NotFound once the job is gone."""
+        job = await self.store.get(job_id, fresh=True)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return PermissionDenied(f"cannot {action} job {job_id} in phase {job.phase}")
 
     async def _transition(self, job_id: str, from_phases: Iterable[str], to_phase: str, **changes: object) -> bool:
         moved = await self.store.transition(job_id, tuple(from_phases), to_phase, **changes)

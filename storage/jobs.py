@@ -291,9 +291,14 @@ class JobStore:
         self._writes += 1
         self._cache(job)  # a new job is read at once, and a big one is costly to decode
 
-    async def get(self, job_id: str) -> Job | None:
-        """The job, or None."""
-        job = self._jobs.get(job_id)
+    async def get(self, job_id: str, fresh: bool = False) -> Job | None:
+        """The job, or None.
+
+        ``fresh``: read the database even when the job is cached. A change another writer has
+        committed reaches the cache only when that writer resumes, so after a compare-and-set
+        has failed, only a fresh read tells which phase made it fail.
+        """
+        job = None if fresh else self._jobs.get(job_id)
         if job is not None:
             self._jobs.move_to_end(job_id)
             return job

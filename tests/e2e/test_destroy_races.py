@@ -62,10 +62,18 @@ class Watcher:
     def __init__(self, job: str) -> None:
         self.job, self.phases, self.streamed, self.statuses, self.seen = job, [], [], [], set()
         self.ended: dict[str, float] = {}
+        self.failures: list[str] = []
         self._client = httpx.Client(timeout=60)
-        self._threads = [threading.Thread(target=f) for f in (self._poll, self._stream, self._long_poll)]
+        self._threads = [threading.Thread(target=self._guarded, args=(f,)) for f in (self._poll, self._stream,
+                                                                                       self._long_poll)]
         for thread in self._threads:
             thread.start()
+
+    def _guarded(self, reader) -> None:
+        try:
+            reader()
+        except Exception as exc:  # a transport error (a connection cut mid-answer) fails the trial
+            self.failures.append(f"{reader.__name__}: {exc!r}")
 
     def _get(self, url: str, **kwargs: object) -> httpx.Response:
         response = self._client.get(url, **kwargs)
@@ -117,6 +125,7 @@ class Watcher:
         for thread in self._threads:
             thread.join(90)
         self._client.close()
+        assert self.failures == []
         for reader, ended in self.ended.items():  # woken by the destroy: not 15 s (keep-alive) or 30 s later
             assert ended - gone_at < 5, f"{reader} ended {ended - gone_at:.1f} s after the job was gone"
         assert [s for s in self.statuses if s[0] >= 500] == []
