@@ -222,6 +222,7 @@ class JobService:
         await self.store.delete(job_id)
         await asyncio.to_thread(self.files.delete, job_id)
         self.watch.notify(job_id)
+        self.results_watch.notify(job_id)  # and the job's armed events are dropped with it
 
     async def set_destruction(self, job_id: str, owner: str, param: str, text: str) -> None:
         """A new destruction instant, clamped to the maximum retention."""
