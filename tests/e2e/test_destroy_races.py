@@ -164,7 +164,7 @@ def destroy_trial(server: Server, seed: int, how: str) -> str:
     """Destroy a job at a random moment, by DELETE, ACTION=DELETE, or a destruction time; the phase it was in."""
     rng = random.Random(seed)
     if how == "DESTRUCTION":  # at creation: a moment from now
-        soon = datetime.now(UTC) + timedelta(seconds=rng.uniform(0.6, 1.2))
+        soon = datetime.now(UTC) + timedelta(seconds=rng.uniform(1.0, 2.0))
         job = trial_job(server, rng, DESTRUCTION=soon.isoformat())
     else:
         job = trial_job(server, rng)
@@ -177,7 +177,7 @@ def destroy_trial(server: Server, seed: int, how: str) -> str:
     elif how == "ACTION=DELETE":
         assert HTTP.post(job, data={"ACTION": "DELETE"}, timeout=60).status_code == 303
     elif how == "destruction":  # changed while the job runs, to a moment from now
-        soon = datetime.now(UTC) + timedelta(seconds=rng.uniform(0.5, 1.0))
+        soon = datetime.now(UTC) + timedelta(seconds=rng.uniform(0.8, 1.5))
         assert HTTP.post(job + "/destruction", data={"DESTRUCTION": soon.isoformat()}).status_code in (303, 404)
     deadline = time.monotonic() + 10  # the reaper sweeps every 0.1 s
     while HTTP.get(job).status_code != 404:
