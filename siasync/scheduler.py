@@ -171,6 +171,7 @@ class Scheduler:
     async def _run(self, job_id: str) -> None:
         job = await self.service.store.get(job_id)
         if job is None or job.phase != "QUEUED" or job_id in self._cancelled:
+            self._cancelled.discard(job_id)  # stopped or destroyed before it ran: nothing more to stop
             return
         delay = (job.start_after - datetime.now(UTC)).total_seconds() if job.start_after else 0
         if delay > 0:
