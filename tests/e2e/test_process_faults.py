@@ -65,11 +65,14 @@ class SmallDisk:
         self.mount, self.filler, self.env, self.mounted = root / "small", root / "small" / "filler", {}, False
         self.mount.mkdir()
         if not injected:
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.SIZE}", "tmpfs", str(self.mount)],
-                                  capture_output=True, text=True)
-            self.mounted = done.returncode == 0
+            try:
+                done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.SIZE}", "tmpfs", str(self.mount)],
+                                      capture_output=True, text=True)
+                self.mounted, why = done.returncode == 0, done.stderr.strip()
+            except OSError as exc:  # no mount command at all
+                why = str(exc)
             if not self.mounted:
-                warnings.warn(f"no tmpfs here ({done.stderr.strip()}): a full disk is injected at the storage layer")
+                warnings.warn(f"no tmpfs here ({why}): a full disk is injected at the storage layer")
         if not self.mounted:
             shim = str(Path(__file__).parent / "full_disk")
             self.env = {"SIASYNC_TEST_FULL_DISK": str(self.filler),
