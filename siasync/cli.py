@@ -107,9 +107,6 @@ def _demo_archive(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from siasync.app import create_app
     from siasync.settings import Settings
 
     try:
@@ -123,8 +120,23 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"siasync: no archive index in {settings.archive}; run `siasync archive index {settings.archive}`",
               file=sys.stderr)
         return 2
+    if settings.executor == "local":
+        _start_forkserver()
+    import uvicorn
+
+    from siasync.app import create_app
+
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
+
+
+def _start_forkserver() -> None:
+    """Start the local pool's forkserver first, so that it imports the worker module while this process imports
+    the service: on two cores a (re)start takes a second less."""
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(["siasync.worker"])
+    forkserver.ensure_running()
 
 
 def _archive_index(args: argparse.Namespace) -> int:

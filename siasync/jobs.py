@@ -225,6 +225,7 @@ class JobService:
         await self.store.delete(job_id)
         await asyncio.to_thread(self.files.delete, job_id)
         self.watch.notify(job_id)
+        self.results_watch.notify(job_id)  # and the job's armed events are dropped with it
 
     async def set_destruction(self, job_id: str, owner: str, param: str, text: str) -> None:
         """A new destruction instant, clamped to the maximum retention."""
@@ -294,12 +295,13 @@ class JobService:
         await asyncio.to_thread(self.files.create, job_id)
         return await self.store.get(job_id)
 
-    async def finish(self, job_id: str, phase: str, error: tuple[str, str] | None = None) -> bool:
-        """EXECUTING to COMPLETED or ERROR (``error`` is (type, message))."""
+    async def finish(self, job_id: str, phase: str, error: tuple[str, str] | None = None,
+                     from_phases: tuple[str, ...] = ("EXECUTING",)) -> bool:
+        """EXECUTING (or ``from_phases``) to COMPLETED or ERROR (``error`` is (type, message))."""
         changes = {"end_time": datetime.now(UTC)}
         if error is not None:
             changes.update(error_type=error[0], error_message=error[1])
-        return await self._transition(job_id, ("EXECUTING",), phase, **changes)
+        return await self._transition(job_id, from_phases, phase, **changes)
 
     async def requeue_interrupted(self) -> list[str]:
         """After a restart: EXECUTING jobs go back to QUEUED; return every queued job."""

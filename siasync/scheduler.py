@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections import deque
@@ -147,33 +148,40 @@ class Scheduler:
             job_id = await self._queue.get()
             try:
                 await self._run(job_id)
-            except StoreFull:
-                log.error("job %s stopped: the job store's disk is full", job_id)
-                await self._finish(job_id, "ERROR", "the disk is full: the job's progress cannot be recorded")
-            except Exception:  # one job's bug must not stop the runner
-                log.exception("job %s failed unexpectedly", job_id)
-                await self._finish(job_id, "ERROR", "internal error while staging; see the log")
+            except Exception as exc:  # one job's failure must not stop the runner
+                if isinstance(exc, StoreFull) or getattr(exc, "errno", None) == errno.ENOSPC:
+                    log.error("job %s stopped: the disk is full (%s)", job_id, exc)
+                    message = "the disk is full: the job can be neither staged nor recorded"
+                else:
+                    log.exception("job %s failed unexpectedly", job_id)
+                    message = "internal error while staging; see the log"
+                # also from QUEUED: a job that failed to start would otherwise wait for a runner that never comes
+                await self._finish(job_id, "ERROR", message, ("QUEUED", "EXECUTING"))
 
-    async def _finish(self, job_id: str, phase: str, error: str | None = None) -> None:
+    async def _finish(self, job_id: str, phase: str, error: str | None = None,
+                      from_phases: tuple[str, ...] = ("EXECUTING",)) -> None:
         """Move the job to its final phase; while a full disk prevents even that, try again in the background."""
         try:
-            await self.service.finish(job_id, phase, error and ("fatal", error))
+            await self.service.finish(job_id, phase, error and ("fatal", error), from_phases)
         except StoreFull:
             log.error("job %s: cannot record %s, the disk is full; trying every %s s", job_id, phase, RECORD_EVERY)
-            self._tasks.append(asyncio.create_task(self._finish_later(job_id, phase, error), name=f"finish-{job_id}"))
+            self._tasks.append(asyncio.create_task(self._finish_later(job_id, phase, error, from_phases),
+                                                   name=f"finish-{job_id}"))
         except Exception:  # the runner must go on to the next job; this one resumes at the next start
             log.exception("job %s: cannot record %s", job_id, phase)
 
-    async def _finish_later(self, job_id: str, phase: str, error: str | None) -> None:
+    async def _finish_later(self, job_id: str, phase: str, error: str | None, from_phases: tuple[str, ...]) -> None:
         while True:
             await asyncio.sleep(RECORD_EVERY)
             with contextlib.suppress(StoreFull):
-                await self.service.finish(job_id, phase, error and ("fatal", error))  # False: destroyed meanwhile
+                # False when the job was destroyed meanwhile
+                await self.service.finish(job_id, phase, error and ("fatal", error), from_phases)
                 return
 
     async def _run(self, job_id: str) -> None:
         job = await self.service.store.get(job_id)
         if job is None or job.phase != "QUEUED" or job_id in self._cancelled:
+            self._cancelled.discard(job_id)  # stopped or destroyed before it ran: nothing more to stop
             return
         delay = (job.start_after - datetime.now(UTC)).total_seconds() if job.start_after else 0
         if delay > 0:

@@ -40,6 +40,13 @@ def registered(job: str) -> int:
     return len(etree.fromstring(HTTP.get(job + "/results").content)) - 1  # the table is listed too
 
 
+def timed_start(server: Server) -> float:
+    """Start the server; the seconds it took to serve."""
+    start = time.monotonic()
+    server.start()
+    return time.monotonic() - start
+
+
 def kill_while_starting(server: Server, delay: float) -> None:
     """Start the server and SIGKILL its process group ``delay`` seconds later, whether it serves by then or not:
     in the middle of its imports, of the requeueing of the job, or of its first batches."""
@@ -60,32 +67,35 @@ def kill_while_starting(server: Server, delay: float) -> None:
     starting.join(90)
 
 
-# small fields on the r-band images: about 675 products, a few seconds of work on two workers; the soak's 50
-# cycles need a longer job (each cycle lets it make up to a batch or two more than its share): every band, 1675
-@pytest.mark.parametrize(("cycles", "bands"), [(10, ["r"]), pytest.param(50, ["g", "r", "i"], marks=pytest.mark.soak)])
+# small fields on the r-band images: about 675 products, a few seconds of work on two workers. The soak's 50
+# cycles need a longer job, as each cycle lets it go on a moment past its share: every band (1675 products), on
+# one worker
+@pytest.mark.parametrize(("cycles", "bands", "workers"), [
+    (10, ["r"], "2"), pytest.param(50, ["g", "r", "i"], "1", marks=pytest.mark.soak)])
 def test_sigkill_cycles_lose_nothing_and_make_nothing_twice(tmp_path: Path, demo_archive: Path,
                                                             demo_index: ArchiveIndex, cycles: int,
-                                                            bands: list[str]) -> None:
+                                                            bands: list[str], workers: str) -> None:
     seed = int(os.environ.get("SIASYNC_TEST_SEED", time.time_ns() % 2**32))
     print(f"seed {seed}")
     rng = random.Random(seed)
     positions = grid(500)
     pairs = {(i, r.id) for i, (ra, dec) in enumerate(positions)
              for r in demo_index.lookup(Field(ra, dec, SIZE, SIZE), bands=bands)}
-    server = Server(demo_archive, tmp_path / "state", tmp_path / "server.log", "--workers", "2").start()
+    server = Server(demo_archive, tmp_path / "state", tmp_path / "server.log", "--workers", workers)
+    started_in = timed_start(server)
     try:
         job = submit(server, POS=[f"{ra},{dec}" for ra, dec in positions], SIZE=str(SIZE), PHASE="RUN", BAND=bands)
         killed_at: list[tuple[int, str]] = []
         for cycle in range(cycles):
-            if cycle % 5 == 2:  # a kill while the server starts over
-                delay = rng.uniform(0, 3.0)
+            if cycle % 5 == 2:  # a kill while the server starts over (as long as its last start took)
+                delay = rng.uniform(0, started_in)
                 server.stop(signal.SIGKILL)
                 kill_while_starting(server, delay)
                 killed_at.append((-1, f"starting +{delay:.1f} s"))
-                server.start()
+                started_in = timed_start(server)
                 continue
-            # at most 1/(2 cycles) of the job per cycle, so that every kill lands while the job runs
-            target = registered(job) + rng.randint(0, len(pairs) // (2 * cycles))
+            # at most 1/(3 cycles) of the job per cycle, so that every kill lands while the job runs
+            target = registered(job) + rng.randint(0, len(pairs) // (3 * cycles))
             deadline = time.monotonic() + 60
             while (done := registered(job)) < target:
                 assert HTTP.get(job + "/phase").text != "COMPLETED", f"done after {len(killed_at)} kills: too small"
@@ -94,7 +104,7 @@ def test_sigkill_cycles_lose_nothing_and_make_nothing_twice(tmp_path: Path, demo
             time.sleep(rng.uniform(0, 0.05))
             killed_at.append((done, HTTP.get(job + "/phase").text))
             server.stop(signal.SIGKILL)  # the whole process group, at once
-            server.start()
+            started_in = timed_start(server)
         print(f"killed at (products, phase): {killed_at}")
         # every kill hit the running job (or the server starting over with it)
         assert {phase for _, phase in killed_at if not phase.startswith("starting")} <= {"QUEUED", "EXECUTING"}
