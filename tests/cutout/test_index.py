@@ -80,18 +80,18 @@ def compare(index: ArchiveIndex, truth: dict, fields: list[Field]) -> tuple[dict
 
     Returns the number of decided matches per mode, and of borderline cases skipped.
     """
-    centres = {i: SkyCoord(*w.wcs_pix2world([[(s[1] - 1) / 2, (s[0] - 1) / 2]], 0)[0], unit="deg")
-               for i, (w, s) in truth.items()}
-    radii = {i: float(np.max(SkyCoord(w.calc_footprint(axes=(s[1], s[0])), unit="deg")
-                             .separation(centres[i]).deg)) for i, (w, s) in truth.items()}
+    centres = SkyCoord([w.wcs_pix2world([[(s[1] - 1) / 2, (s[0] - 1) / 2]], 0)[0] for w, s in truth.values()],
+                       unit="deg")
+    radii = np.array([np.max(SkyCoord(w.calc_footprint(axes=(s[1], s[0])), unit="deg").separation(centre).deg)
+                      for (w, s), centre in zip(truth.values(), centres, strict=True)])
     positives = dict.fromkeys((m.value for m in MODES), 0)
     decided = borderline = 0
     for field in fields:
         found = {mode: {r.id for r in index.lookup(field, mode)} for mode in MODES}
-        here = SkyCoord(field.ra, field.dec, unit="deg")
         diagonal = float(np.hypot(field.width, field.height)) / 2 * 1.1
-        for image_id, (w, shape) in truth.items():
-            if here.separation(centres[image_id]).deg > diagonal + radii[image_id] + 0.01:
+        far = SkyCoord(field.ra, field.dec, unit="deg").separation(centres).deg > diagonal + radii + 0.01
+        for (image_id, (w, shape)), too_far in zip(truth.items(), far, strict=True):
+            if too_far:
                 expected = dict.fromkeys(("OVERLAPS", "COVERS", "ENCLOSED", "CENTER"), False)
             else:
                 expected = robust_relations((field.ra, field.dec, field.width, field.height), w, shape)
