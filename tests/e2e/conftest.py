@@ -136,8 +136,12 @@ def wait_final(url: str, timeout: float = 60):
     raise AssertionError(f"{url} did not finish")
 
 
-#: the worker backends every end-to-end test runs on: the local process pool and a Dask LocalCluster
+#: the worker backends the end-to-end tests run on: the local process pool and a Dask LocalCluster
 EXECUTORS = ["local", "dask-local:2"]
+#: for the tests of what no worker backend changes (the store, the scheduler's logic, serving files, the clients):
+#: they run on the local pool only. The engine's tests (progressive results, abort, destroy, recovery, worker
+#: faults) run on both.
+LOCAL_ONLY = pytest.mark.parametrize("executor", ["local"], scope="module")
 
 
 @pytest.fixture(scope="module", params=EXECUTORS)

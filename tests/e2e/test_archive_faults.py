@@ -10,9 +10,10 @@ import httpx
 from pyvo.io.uws import parse_job
 
 from cutout.index import ArchiveIndex
-from tests.e2e.conftest import Server, submit, wait_final
+from tests.e2e.conftest import LOCAL_ONLY, Server, submit, wait_final
 
 
+@LOCAL_ONLY
 def test_a_corrupt_parent_is_skipped_with_a_warning(tmp_path: Path, demo_archive: Path, executor: str) -> None:
     archive = tmp_path / "archive"
     shutil.copytree(demo_archive / "DEMO-WIDE" / "r", archive / "DEMO-WIDE" / "r")

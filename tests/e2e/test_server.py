@@ -13,7 +13,7 @@ from astropy.time import Time
 from pyvo.dal import AsyncTAPJob
 from pyvo.io.uws import parse_job
 
-from tests.e2e.conftest import Server, assert_each_pair_once, submit, wait_final
+from tests.e2e.conftest import LOCAL_ONLY, Server, assert_each_pair_once, submit, wait_final
 
 
 def create(server: Server, **params: object) -> str:
@@ -21,6 +21,7 @@ def create(server: Server, **params: object) -> str:
     return submit(server, **{"POS": "150.1,2.2", "SIZE": "0.02", **params})
 
 
+@LOCAL_ONLY
 def test_pyvo_drives_a_job_against_the_real_server(server: Server) -> None:
     job = AsyncTAPJob(create(server, FORMAT="ALL"), delete=False)
     assert job.phase == "PENDING"
@@ -44,6 +45,7 @@ def test_pyvo_drives_a_job_against_the_real_server(server: Server) -> None:
     assert httpx.get(url).status_code == 404
 
 
+@LOCAL_ONLY
 def test_a_restart_keeps_every_job_phase_parameter_and_result(server: Server) -> None:
     done = create(server, FORMAT="ALL", RUNID="kept", PHASE="RUN")
     wait_final(done)

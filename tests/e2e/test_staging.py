@@ -17,7 +17,7 @@ from pyvo.io.uws import parse_job
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Field
-from tests.e2e.conftest import Server, submit, wait_final
+from tests.e2e.conftest import LOCAL_ONLY, Server, submit, wait_final
 
 SIZE = 0.03
 
@@ -86,6 +86,7 @@ def test_results_and_table_grow_while_the_job_runs(staging: Server, demo_index: 
     assert job_info["bytes"] == sum(r.size for r in final.results if r.id_ != "table")
 
 
+@LOCAL_ONLY
 def test_range_requests_and_conditional_gets(staging: Server) -> None:
     job = start(staging, [(150.1, 2.2)])
     wait_final(job)
@@ -170,6 +171,7 @@ def test_execution_duration_running_out_aborts(staging: Server) -> None:
     assert final.phase == "ABORTED" and "execution duration" in final.errorsummary.message.content
 
 
+@LOCAL_ONLY
 def test_metadata_and_empty_fields(staging: Server, demo_index: ArchiveIndex) -> None:
     positions = [(150.1, 2.2), (10.0, 10.0), (150.3, 2.4)]
     job = start(staging, positions, FORMAT="METADATA")
@@ -186,6 +188,7 @@ def test_metadata_and_empty_fields(staging: Server, demo_index: ArchiveIndex) ->
     assert len(parse_single_table(io.BytesIO(httpx.get(nothing + "/results/table").content)).to_table()) == 0
 
 
+@LOCAL_ONLY
 def test_an_uploaded_table_of_10000_positions_ends_with_a_row_per_pair(staging: Server,
                                                                       demo_index: ArchiveIndex) -> None:
     rng = np.random.default_rng(11)
