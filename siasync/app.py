@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> Litestar:
         index = await asyncio.to_thread(ArchiveIndex.load, settings.archive)
         store = await JobStore.open(settings.database)
         files = ResultFiles(settings.state_dir / "results")
+        await asyncio.to_thread(files.purge_deleted)
         service = JobService(store, files, limits_for(settings, index), settings.wait_max_s, index)
         executor = Scheduler(service, index, make_pool(settings.executor, settings.workers),
                              max_jobs=settings.running_jobs, policy=settings.scheduling)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: prefix of a deleted job's directory while it is being removed (job ids never start with a dot)
+_TRASH = ".deleted-"
 
 
 class ResultFiles:
@@ -70,5 +73,22 @@ class ResultFiles:
         return len(stray)
 
     def delete(self, job_id: str) -> None:
-        """Delete every file of a job."""
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        """Delete every file of a job.
+
+        The directory is first renamed out of the way, atomically: a worker still writing into
+        it then fails (its directory is gone) instead of adding a file while the tree is removed,
+        which would leave the directory behind.
+        """
+        trash = self.root / f"{_TRASH}{self.job_dir(job_id).name}-{secrets.token_hex(4)}"
+        try:
+            os.rename(self.job_dir(job_id), trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def purge_deleted(self) -> int:
+        """Remove what deletions interrupted by a crash left; return how many directories."""
+        leftovers = [p for p in self.root.glob(f"{_TRASH}*") if p.is_dir()]
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(leftovers)
