@@ -315,18 +315,23 @@ class JobService:
         destroyed = await self.store.ids_where(destroy_before=now)
         for job_id in destroyed:
             await self.destroy(job_id, None)
-        overdue = []
-        for job_id in await self.store.ids_where(phases=["EXECUTING"]):
-            job = await self.store.get(job_id)
-            if job and job.start_time and now - job.start_time > timedelta(seconds=job.execution_duration):
-                if await self._transition(job_id, ("EXECUTING",), "ABORTED", end_time=now,
-                                          error_type="fatal",
-                                          error_message=f"execution duration of {job.execution_duration} s "
-                                                        f"exceeded; aborted with the results made so far"):
-                    overdue.append(job_id)
-                    if self.executor is not None:
-                        self.executor.cancel(job_id)
+        overdue = [job_id for job_id in await self.store.ids_where(phases=["EXECUTING"])
+                   if await self.expire(job_id, now)]
         return destroyed, overdue
+
+    async def expire(self, job_id: str, now: datetime | None = None) -> bool:
+        """Abort the job if it has run past its execution duration; whether it was aborted."""
+        now = now or datetime.now(UTC)
+        job = await self.store.get(job_id)
+        if job is None or job.start_time is None or now - job.start_time < timedelta(seconds=job.execution_duration):
+            return False
+        if not await self._transition(job_id, ("EXECUTING",), "ABORTED", end_time=now, error_type="fatal",
+                                      error_message=f"execution duration of {job.execution_duration} s "
+                                                    f"exceeded; aborted with the results made so far"):
+            return False
+        if self.executor is not None:
+            self.executor.cancel(job_id)
+        return True
 
     async def _refused(self, job_id: str, action: str) -> PermissionDenied:
         """Why a phase change failed: the phase the store holds now (a DELETE, ABORT or the job's end may have

@@ -56,6 +56,8 @@ FIRST_PLAN_FIELDS = 8
 PROGRESS_EVERY = 0.5
 #: times a batch lost with a dead worker is submitted again
 RETRIES = 3
+#: seconds past a job's execution duration at which its timer aborts it
+EXPIRY_MARGIN = 0.02
 #: seconds between attempts to record a job's error while the store's disk is full
 RECORD_EVERY = 2.0
 
@@ -111,6 +113,7 @@ class Scheduler:
         self._running: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task] = []
         self._timers: list[asyncio.TimerHandle] = []
+        self._expiring: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         """Start the pool and the job runners."""
@@ -193,11 +196,24 @@ class Scheduler:
         try:
             started = await self.service.start(job_id)
             if started is not None:
-                await self._stage(started)
+                # the job is aborted the moment its execution duration runs out, not at the reaper's next sweep
+                # (a moment after: the loop's timers are in whole milliseconds and may fire a little early)
+                deadline = started.start_time + timedelta(seconds=started.execution_duration)
+                timer = asyncio.get_running_loop().call_later(
+                    max(0.0, (deadline - datetime.now(UTC)).total_seconds()) + EXPIRY_MARGIN, self._expire, job_id)
+                try:
+                    await self._stage(started)
+                finally:
+                    timer.cancel()
         finally:
             del self._running[job_id]
             self._cancelled.discard(job_id)
             done.set()
+
+    def _expire(self, job_id: str) -> None:
+        task = asyncio.create_task(self.service.expire(job_id), name=f"expire-{job_id}")
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
 
     async def _batches(self, job: Job, request: StagingRequest, progress: Progress) -> AsyncIterator[BatchTask]:
         """The job's work, planned a chunk of fields at a time, skipping pairs already registered."""

@@ -166,9 +166,11 @@ def test_abort_mid_job_keeps_what_was_registered(staging: Server) -> None:
 
 
 def test_execution_duration_running_out_aborts(staging: Server) -> None:
-    job = start(staging, grid(300), EXECUTIONDURATION="1")
+    job = start(staging, grid(2000), EXECUTIONDURATION="1")
     final = wait_final(job, timeout=60)
     assert final.phase == "ABORTED" and "execution duration" in final.errorsummary.message.content
+    ran = (final.endtime - final.starttime).to_value("s")
+    assert 1 <= ran < 3, ran  # aborted when the duration runs out, not at the reaper's next sweep
 
 
 @LOCAL_ONLY
