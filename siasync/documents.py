@@ -1,11 +1,10 @@
 """Job documents rendered once and shared by every client polling the same job.
 
 A job with tens of thousands of results renders to megabytes; a hundred pollers
-must not each render it. A document is re-rendered when the job changes. While
-only its progress and results move, it is re-rendered at most every `MAX_AGE`
-seconds (pollers may see a list up to that old, never a result that does not
-exist); any other change, such as the phase, is shown at once. A per-document lock
-makes concurrent misses render once.
+must not each render it. A document is re-rendered when the job changes, and only
+then: every read shows the job as the store holds it, so a results list read after
+the ``table`` or after a ``result`` event lists every result they showed. A
+per-document lock makes concurrent misses render once.
 
 Results are only ever appended to a job, so each job's rendered result elements are
 kept and extended with the results registered since: a re-render reads and formats
@@ -15,10 +14,9 @@ only the new results, not the whole list again.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -26,7 +24,6 @@ import msgspec
 from siasync.representations import TABLE_RESULT, job_json, job_xml, result_json, result_xml, results_xml
 from storage.jobs import Job, JobStore
 
-MAX_AGE = 0.5
 MAX_ENTRIES = 256
 
 
@@ -34,7 +31,6 @@ MAX_ENTRIES = 256
 class _Entry:
     job: Job
     last_seq: int
-    at: float
     body: bytes
 
 
@@ -96,15 +92,10 @@ class JobDocuments:
                 listing.seq = new[-1].seq
         return listing.parts
 
-    def _fresh(self, entry: _Entry | None, job: Job, last_seq: int) -> bool:
-        """Whether a rendered document may be served for the job as it is now.
-
-        Only progress (jobInfo) and new results may be shown up to `MAX_AGE` late;
-        any other change to the job (phase, times, parameters, errors) is shown at once.
-        """
-        if entry is None or replace(entry.job, info={}) != replace(job, info={}):
-            return False
-        return (entry.job.info == job.info and entry.last_seq == last_seq) or time.monotonic() - entry.at < MAX_AGE
+    @staticmethod
+    def _fresh(entry: _Entry | None, job: Job, last_seq: int) -> bool:
+        """Whether a rendered document shows the job as it is now: the same row and the same newest result."""
+        return entry is not None and entry.last_seq == last_seq and entry.job == job
 
     async def _get(self, job: Job, base: str, kind: str, render: Callable[[], Awaitable[bytes]]) -> bytes:
         key = (job.id, base, kind)
@@ -117,7 +108,7 @@ class JobDocuments:
         async with lock:
             entry = self._entries.get(key)
             if not self._fresh(entry, job, last_seq):
-                entry = _Entry(job, last_seq, time.monotonic(), await render())
+                entry = _Entry(job, last_seq, await render())
                 self._entries[key] = entry
                 self._entries.move_to_end(key)
                 while len(self._entries) > MAX_ENTRIES:

@@ -67,11 +67,11 @@ def kill_while_starting(server: Server, delay: float) -> None:
     starting.join(90)
 
 
-# small fields on the r-band images: about 675 products, a few seconds of work on two workers. The soak's 50
-# cycles need a longer job, as each cycle lets it go on a moment past its share: every band (1675 products), on
-# one worker
+# small fields on every band's images: 1675 products, several seconds of work on one worker. Each cycle lets the
+# job go on a moment past its share (the polling, the random wait, the kill), which on a fast machine is tens of
+# products: on the r band alone (675) with two workers, a fast machine finished the job before the tenth kill
 @pytest.mark.parametrize(("cycles", "bands", "workers"), [
-    (10, ["r"], "2"), pytest.param(50, ["g", "r", "i"], "1", marks=pytest.mark.soak)])
+    (10, ["g", "r", "i"], "1"), pytest.param(50, ["g", "r", "i"], "1", marks=pytest.mark.soak)])
 def test_sigkill_cycles_lose_nothing_and_make_nothing_twice(tmp_path: Path, demo_archive: Path,
                                                             demo_index: ArchiveIndex, cycles: int,
                                                             bands: list[str], workers: str) -> None:
