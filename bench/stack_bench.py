@@ -6,7 +6,7 @@ Every figure is measured in this run, on the same fields, inputs and pool:
 * **direct**: what a user would write, ``reproject_and_coadd`` called on the inputs' HDUs
   (opened with astropy) for each band of each field, the result discarded; once with
   reproject's defaults and once with the service's options (interp, no coordinate round trip);
-* **service**: the service's whole product, `siasync.worker.run_batch` on a MODE=stack task:
+* **service**: the service's whole product, `siasync.staging.worker.run_batch` on a MODE=stack task:
   the inputs' regions read, co-added per band, and the stack FITS and its colour PNG written;
 * **algorithms**: `cutout.mosaic.coadd` with each of reproject's algorithms (interp, adaptive,
   exact), with and without ``roundtrip_coords``.
@@ -37,7 +37,7 @@ from cutout.engine import ParentCache  # noqa: E402
 from cutout.index import ArchiveIndex  # noqa: E402
 from cutout.mosaic import ALGORITHMS, GridSpec, coadd, read_input  # noqa: E402
 from cutout.sky import Field  # noqa: E402
-from siasync.worker import BatchTask, CoaddTask, coadd_tasks, run_batch  # noqa: E402
+from siasync.staging.worker import BatchTask, CoaddTask, coadd_tasks, run_batch  # noqa: E402
 
 OUTPUT = 512
 WORKERS = 2

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import shutil
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,10 +40,10 @@ sys.path.insert(0, str(REPO))
 from bench._server import BenchServer  # noqa: E402
 from cutout.index import ArchiveIndex  # noqa: E402
 from cutout.sky import Field  # noqa: E402
-from siasync.pool import LocalPool  # noqa: E402
-from siasync.scheduler import BATCH_PAIRS  # noqa: E402
-from siasync.uploads import CSV, VOTABLE, Upload, read_fields  # noqa: E402
-from siasync.worker import BatchTask, PairTask  # noqa: E402
+from siasync.staging.pool import LocalPool  # noqa: E402
+from siasync.staging.scheduler import BATCH_PAIRS  # noqa: E402
+from siasync.staging.worker import BatchTask, PairTask  # noqa: E402
+from siasync.uws.uploads import CSV, VOTABLE, Upload, read_fields  # noqa: E402
 from storage.files import ResultFiles  # noqa: E402
 
 #: one keep-alive client, as a real client would use: a fresh ``httpx.post`` builds an SSL

@@ -11,28 +11,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from litestar import Litestar, Request, Response
-from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template import TemplateConfig
 
 from cutout.index import ArchiveIndex
 from siasync import __version__
 from siasync.auth import Authenticator
 from siasync.errors import ServiceError
-from siasync.jobs import JobService
-from siasync.pool import make_pool
-from siasync.params import Limits
-from siasync.representations import iso
-from siasync.routes_async import AsyncJobs
-from siasync.routes_pages import Pages
-from siasync.routes_sia import SyncSia, Vosi
-from siasync.scheduler import Scheduler
 from siasync.settings import Settings
-from siasync.sia import SiaService
-from siasync.web import TEXT
+from siasync.staging.pool import make_pool
+from siasync.staging.scheduler import Scheduler
+from siasync.uws.jobs import JobService
+from siasync.uws.params import Limits
+from siasync.uws.representations import iso
+from siasync.uws.routes import AsyncJobs
+from siasync.vo.routes import SyncSia, Vosi
+from siasync.vo.sia import SiaService
+from siasync.web.http import TEXT
+from siasync.web.pages import Pages
 from storage.files import ResultFiles
 from storage.jobs import JobStore, StoreFull
 
@@ -128,7 +128,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
                             Exception: _internal_error},
-        template_config=TemplateConfig(directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine,
+        template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates", engine=JinjaTemplateEngine,
                                        engine_callback=_template_filters),
         openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema"),
         request_max_body_size=settings.max_body_bytes,

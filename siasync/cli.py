@@ -12,7 +12,6 @@ from pathlib import Path
 
 from siasync.vocabulary import FORMATS, MODES, PHASES
 
-
 #: The committed generator settings, found next to the source tree of a checkout.
 DEFAULT_DEMO_SETTINGS = Path(__file__).resolve().parents[1] / "data" / "demo-survey.toml"
 
@@ -135,7 +134,7 @@ def _start_forkserver() -> None:
     the service: on two cores a (re)start takes a second less."""
     from multiprocessing import forkserver
 
-    forkserver.set_forkserver_preload(["siasync.worker"])
+    forkserver.set_forkserver_preload(["siasync.staging.worker"])
     forkserver.ensure_running()
 
 

@@ -17,7 +17,7 @@ from pyvo.io.vosi import parse_availability, parse_capabilities
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Field
-from siasync.sia_votable import VERB_COLUMNS
+from siasync.vo.sia_votable import VERB_COLUMNS
 from tests.e2e.conftest import Server, serving, submit, wait_final
 
 POS, SIZE = (150.1, 2.2), 0.05

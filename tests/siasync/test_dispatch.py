@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from siasync.dispatch import AGING, Dispatcher
-from siasync.worker import BatchTask, PairOutcome
+from siasync.staging.dispatch import AGING, Dispatcher
+from siasync.staging.worker import BatchTask, PairOutcome
 
 
 class ManualPool:

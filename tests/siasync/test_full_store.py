@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from siasync import scheduler as scheduling
 from siasync.app import limits_for
-from siasync.jobs import JobService
-from siasync.scheduler import Scheduler
 from siasync.settings import Settings
-from siasync.worker import BatchTask, PairOutcome
+from siasync.staging import scheduler as scheduling
+from siasync.staging.scheduler import Scheduler
+from siasync.staging.worker import BatchTask, PairOutcome
+from siasync.uws.jobs import JobService
 from storage.files import ResultFiles
 from storage.jobs import JobStore, StoreFull
 

@@ -24,13 +24,25 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cutout.sky import Intersect
-from siasync.download import byte_range
 from siasync.errors import UsageError
-from siasync.params import (JOB_PARAMETERS, Limits, clamp_destruction, clamp_duration, parse_choice, parse_format,
-                            parse_int, parse_job, parse_phase_on_create, parse_pos, parse_positions, parse_size,
-                            parse_time)
-from siasync.uploads import CSV, VOTABLE, Upload, read_fields, resolve
+from siasync.uws.params import (
+    JOB_PARAMETERS,
+    Limits,
+    clamp_destruction,
+    clamp_duration,
+    parse_choice,
+    parse_format,
+    parse_int,
+    parse_job,
+    parse_phase_on_create,
+    parse_pos,
+    parse_positions,
+    parse_size,
+    parse_time,
+)
+from siasync.uws.uploads import CSV, VOTABLE, Upload, read_fields, resolve
 from siasync.vocabulary import FORMATS, PHASES
+from siasync.web.download import byte_range
 
 LIMITS = Limits(collections=frozenset({"DEMO-WIDE", "DEMO-DEEP"}), bands=frozenset({"g", "r"}), max_fields=40,
                 max_size_deg=1.0, destruction_default_s=3600, destruction_max_s=86400, execution_default_s=60,

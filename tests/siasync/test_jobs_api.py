@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from siasync.events import job_events
+from siasync.uws.events import job_events
 from storage.jobs import Job
 from tests.siasync.helpers import create_job, in_app, phase, service, wait_for
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from siasync.errors import UsageError
-from siasync.params import parse_pos, parse_positions
+from siasync.uws.params import parse_pos, parse_positions
 
 FAULTS = ["1,2,3", "abc,1", "1,", "nan,1", "inf,0", "1e999,0", "360,0", "-0.5,0", "10,90.5", "10,-91",
           "1_0,2", "infinity,0", "0x10,2", "1,2 3", "+,1", "1.2.3,4"]

@@ -14,11 +14,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from siasync.events import job_events
-from siasync.download import file_response
 from siasync.errors import PermissionDenied
-from siasync.jobs import JobService, PhaseWatch
-from siasync.params import Limits
+from siasync.uws.events import job_events
+from siasync.uws.jobs import JobService, PhaseWatch
+from siasync.uws.params import Limits
+from siasync.web.download import file_response
 from storage.files import ResultFiles
 from storage.jobs import Job, JobStore
 

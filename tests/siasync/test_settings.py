@@ -60,8 +60,8 @@ def test_token_file_and_authenticator(tmp_path: Path) -> None:
 
 
 def test_each_executor_setting_makes_its_pool() -> None:
-    from siasync.dask_pool import DaskPool
-    from siasync.pool import LocalPool, make_pool
+    from siasync.staging.dask_pool import DaskPool
+    from siasync.staging.pool import LocalPool, make_pool
 
     local = make_pool("local", 3)
     assert isinstance(local, LocalPool) and local.workers == 3

@@ -24,12 +24,12 @@ from cutout.engine import ParentImage, cut
 from cutout.index import ArchiveIndex
 from cutout.preview import preview_bytes
 from cutout.sky import Field, Intersect
-from siasync import sia as sia_module
 from siasync.app import create_app, limits_for
 from siasync.errors import NotFound, UsageError
 from siasync.settings import Settings
-from siasync.sia import SiaService, parse_cutout, parse_query
-from siasync.sia_votable import VERB_COLUMNS
+from siasync.vo import sia as sia_module
+from siasync.vo.sia import SiaService, parse_cutout, parse_query
+from siasync.vo.sia_votable import VERB_COLUMNS
 from tests.siasync.helpers import UWS_DATA
 
 VOSI_DATA = Path(__file__).resolve().parents[1] / "data" / "vosi"

@@ -13,7 +13,7 @@ from astropy.io.votable.tree import Field as VOField
 from astropy.io.votable.tree import Resource, TableElement, VOTableFile
 
 from siasync.errors import UsageError
-from siasync.uploads import CSV, VOTABLE, Upload, read_fields
+from siasync.uws.uploads import CSV, VOTABLE, Upload, read_fields
 from tests.siasync.helpers import assert_valid, uws_schema
 
 UPLOAD_FORM = {"UPLOAD": "fields,param:fields", "SIZE": "0.01"}

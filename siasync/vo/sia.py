@@ -1,6 +1,6 @@
 """Synchronous SIAP 1.0: the ``/sia`` query and the ``/sia/cutout`` product behind each row.
 
-Parameters are parsed with the job parameters' own parsers (`siasync.params`). A query
+Parameters are parsed with the job parameters' own parsers (`siasync.uws.params`). A query
 row describes the cutout that ``/sia/cutout`` makes for the (field, image) pair, from the
 cutout's header alone (`cutout.engine.cutout_header`); the cutout is the one an async
 job writes for that pair, byte for byte. Files are opened, read and closed in worker
@@ -25,10 +25,22 @@ from cutout.scan import ImageRecord
 from cutout.siap import Column, product_metadata
 from cutout.sky import Field, Intersect
 from siasync.errors import NotFound, ServiceError, UsageError
-from siasync.params import (FORMATS, GENERATION_PARAMETERS, Limits, RawParams, grouped, parse_choice, parse_format,
-                            parse_generation, parse_int, parse_members, parse_pos, parse_size)
-from siasync.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document
-from siasync.worker import EXTENSIONS, CoaddTask, build_coadd, coadd_bytes, coadd_tasks
+from siasync.staging.worker import EXTENSIONS, CoaddTask, build_coadd, coadd_bytes, coadd_tasks
+from siasync.uws.params import (
+    FORMATS,
+    GENERATION_PARAMETERS,
+    Limits,
+    RawParams,
+    grouped,
+    parse_choice,
+    parse_format,
+    parse_generation,
+    parse_int,
+    parse_members,
+    parse_pos,
+    parse_size,
+)
+from siasync.vo.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document
 from storage.table import render_row, with_base
 
 log = logging.getLogger(__name__)
@@ -128,7 +140,7 @@ def _field(one: Mapping[str, str], limits: Limits, required: bool = True) -> Fie
 
 
 def parse_query(raw: RawParams, limits: Limits) -> SiaQuery:
-    """Validate a ``/sia`` query (names upper-cased, as `siasync.params.gather` gives them).
+    """Validate a ``/sia`` query (names upper-cased, as `siasync.uws.params.gather` gives them).
 
     Raises
     ------

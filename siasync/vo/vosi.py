@@ -17,8 +17,8 @@ from xml.sax.saxutils import escape, quoteattr
 from cutout.fitsio import BLOCK
 from cutout.index import ArchiveIndex
 from cutout.sky import footprint_circle
-from siasync.params import Limits
-from siasync.sia_votable import InputParam
+from siasync.uws.params import Limits
+from siasync.vo.sia_votable import InputParam
 from storage.table import MIME as VOTABLE
 
 SIA_STANDARD = "ivo://ivoa.net/std/SIA"

@@ -21,7 +21,7 @@ from typing import Any
 from cutout.mosaic import COMBINES, FRAMES, PROJECTIONS, GridSpec
 from cutout.sky import Field, Intersect
 from siasync.errors import UsageError
-from siasync.uploads import Upload, read_fields
+from siasync.uws.uploads import Upload, read_fields
 from siasync.vocabulary import FORMATS, MODES
 
 _NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")

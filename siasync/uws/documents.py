@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from siasync.representations import TABLE_RESULT, job_json, job_xml, result_json, result_xml, results_xml
+from siasync.uws.representations import TABLE_RESULT, job_json, job_xml, result_json, result_xml, results_xml
 from storage.jobs import Job, JobStore
 
 MAX_ENTRIES = 256

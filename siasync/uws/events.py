@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from litestar.response import ServerSentEventMessage
 
 from siasync.errors import UsageError
-from siasync.jobs import ACTIVE, JobService
-from siasync.representations import job_info, result_url
+from siasync.uws.jobs import ACTIVE, JobService
+from siasync.uws.representations import job_info, result_url
 
 KEEPALIVE_S = 15.0
 _SEQUENCE = re.compile(r"[0-9]{1,18}")

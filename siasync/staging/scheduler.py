@@ -3,7 +3,7 @@
 Pairs are planned lazily, a chunk of fields at a time, in a thread (index lookups
 are CPU work), and each job has at most a few batches per worker planned ahead, so a
 10,000-field job holds no more than a window of its work in memory. The planned
-batches of all running jobs meet in the `siasync.dispatch.Dispatcher`, which decides
+batches of all running jobs meet in the `siasync.staging.dispatch.Dispatcher`, which decides
 which goes to the pool next (small jobs first, owners in turn). Each finished
 batch is registered in one transaction, its results and table rows together, only
 after the worker has renamed its files into place.
@@ -38,11 +38,11 @@ from datetime import UTC, datetime, timedelta
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
-from siasync.dispatch import Dispatcher, Ticket
-from siasync.jobs import JobService, staging_request
-from siasync.params import StagingRequest
-from siasync.pool import LostTask, TaskPool
-from siasync.worker import BatchTask, PairOutcome, PairTask, coadd_tasks
+from siasync.staging.dispatch import Dispatcher, Ticket
+from siasync.staging.pool import LostTask, TaskPool
+from siasync.staging.worker import BatchTask, PairOutcome, PairTask, coadd_tasks
+from siasync.uws.jobs import JobService, staging_request
+from siasync.uws.params import StagingRequest
 from storage.jobs import Job, Product, StoreFull, TableRow
 
 log = logging.getLogger(__name__)

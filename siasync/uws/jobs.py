@@ -16,15 +16,24 @@ from typing import Protocol
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
-from siasync.documents import JobDocuments
 from siasync.errors import NotFound, PermissionDenied, UsageError
-from siasync.params import (JobControl, Limits, RawParams, StagingRequest, clamp_destruction, clamp_duration,
-                            parse_choice, parse_int, parse_job, parse_time)
-from siasync.uploads import Upload, resolve
+from siasync.uws.documents import JobDocuments
+from siasync.uws.params import (
+    JobControl,
+    Limits,
+    RawParams,
+    StagingRequest,
+    clamp_destruction,
+    clamp_duration,
+    parse_choice,
+    parse_int,
+    parse_job,
+    parse_time,
+)
+from siasync.uws.uploads import Upload, resolve
 from siasync.vocabulary import PHASES
 from storage.files import ResultFiles
 from storage.jobs import Job, JobStore, Result
-
 
 #: phases in which WAIT blocks (UWS 1.1, 2.2.1.1)
 ACTIVE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
-from siasync.worker import BatchTask, PairOutcome, init_worker, run_batch, warm
+from siasync.staging.worker import BatchTask, PairOutcome, init_worker, run_batch, warm
 
 
 class LostTask(RuntimeError):
@@ -72,7 +72,7 @@ class LocalPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["siasync.worker"])
+        self._context.set_forkserver_preload(["siasync.staging.worker"])
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
@@ -112,7 +112,7 @@ def make_pool(executor: str, workers: int) -> TaskPool:
     if executor == "local":
         return LocalPool(workers)
     try:
-        from siasync.dask_pool import DaskPool
+        from siasync.staging.dask_pool import DaskPool
     except ImportError as exc:
         raise RuntimeError("the Dask executors need the 'distributed' package: pip install 'siasync[dask]'") from exc
     if executor.startswith("dask://"):

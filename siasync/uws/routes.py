@@ -7,16 +7,28 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, Template
 
-from siasync.download import file_response
 from siasync.errors import UsageError
-from siasync.events import job_events, last_event_id
-from siasync.jobs import PHASES, JobService
-from siasync.openapi import DOWNLOAD, EVENTS, JOB_LIST, JOB_PARAMS, WAIT, Param, documented
-from siasync.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml
 from siasync.settings import Settings
-from siasync.table import table_response
-from siasync.web import (HTML, JSON, TEXT, XML, base_url, job_input, one, preferred, raw_params, represent, see_other,
-                         text)
+from siasync.uws.events import job_events, last_event_id
+from siasync.uws.jobs import PHASES, JobService
+from siasync.uws.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml
+from siasync.uws.table import table_response
+from siasync.web.download import file_response
+from siasync.web.http import (
+    HTML,
+    JSON,
+    TEXT,
+    XML,
+    base_url,
+    job_input,
+    one,
+    preferred,
+    raw_params,
+    represent,
+    see_other,
+    text,
+)
+from siasync.web.openapi import DOWNLOAD, EVENTS, JOB_LIST, JOB_PARAMS, WAIT, Param, documented
 from storage.table import MIME as VOTABLE
 
 JOB = "/{job_id:str}"

@@ -8,7 +8,7 @@ from litestar import Request, Response
 from litestar.response import Redirect, Template
 
 from siasync.errors import UsageError
-from siasync.params import JOB_PARAMETERS, RawParams, gather
+from siasync.uws.params import JOB_PARAMETERS, RawParams, gather
 
 XML = "application/xml"
 HTML = "text/html"

@@ -1,4 +1,4 @@
-"""Synchronous SIAP 1.0 under /sia, and VOSI: thin handlers over `SiaService` and `siasync.vosi`."""
+"""Synchronous SIAP 1.0 under /sia, and VOSI: thin handlers over `SiaService` and `siasync.vo.vosi`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from siasync import __version__
-from siasync.openapi import CUTOUT, SIA, documented
 from siasync.settings import Settings
-from siasync.sia import SiaService, input_params
-from siasync.vosi import archive_readable, availability_xml, capabilities_xml, sia_limits
-from siasync.web import XML, base_url, raw_params
+from siasync.vo.sia import SiaService, input_params
+from siasync.vo.vosi import archive_readable, availability_xml, capabilities_xml, sia_limits
+from siasync.web.http import XML, base_url, raw_params
+from siasync.web.openapi import CUTOUT, SIA, documented
 from storage.table import MIME as VOTABLE
 
 Sia = NamedDependency[SiaService]

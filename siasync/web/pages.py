@@ -8,8 +8,8 @@ from litestar.response import Template
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
-from siasync.vocabulary import FORMATS
 from siasync.settings import Settings
+from siasync.vocabulary import FORMATS
 
 
 class Pages(Controller):

@@ -14,14 +14,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from litestar.enums import ParamType
-from litestar.openapi.spec import (OpenAPIFormat, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Parameter,
-                                   RequestBody, Schema)
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    RequestBody,
+    Schema,
+)
 
 from cutout.mosaic import COMBINES, FRAMES, PROJECTIONS
 from cutout.sky import Intersect
-from siasync.params import JOB_PARAMETERS
+from siasync.uws.params import JOB_PARAMETERS
 from siasync.vocabulary import FORMATS, MODES, PHASES
-from siasync.web import TEXT
+from siasync.web.http import TEXT
 
 _STRING = Schema(type=OpenAPIType.STRING)
 _ERRORS = {400: "UsageError: PARAM: what is wrong (a malformed or out-of-range parameter)",

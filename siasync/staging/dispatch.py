@@ -32,8 +32,8 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from siasync.pool import TaskPool
-from siasync.worker import BatchTask, PairOutcome
+from siasync.staging.pool import TaskPool
+from siasync.staging.worker import BatchTask, PairOutcome
 
 AGING = 4
 WINDOW = 64

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from litestar.response import Stream
 
 from siasync.errors import NotFound
-from siasync.jobs import JobService
+from siasync.uws.jobs import JobService
 from storage.jobs import Job
 from storage.table import FOOTER, MIME, header, with_base
 

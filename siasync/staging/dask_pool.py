@@ -1,6 +1,6 @@
 """The same batches on a Dask distributed cluster: an existing one, or a LocalCluster we start.
 
-Workers run `siasync.worker.run_batch` exactly as the local pool does: they read the
+Workers run `siasync.staging.worker.run_batch` exactly as the local pool does: they read the
 archive and write each product into the shared state directory themselves, so only
 the small outcome records travel back through the scheduler, never the bytes.
 
@@ -24,8 +24,8 @@ from distributed import Client, LocalCluster
 from distributed.client import FutureCancelledError
 from distributed.scheduler import KilledWorker
 
-from siasync.pool import LostTask
-from siasync.worker import BatchTask, PairOutcome, run_batch
+from siasync.staging.pool import LostTask
+from siasync.staging.worker import BatchTask, PairOutcome, run_batch
 
 
 class _DaskSubmission:

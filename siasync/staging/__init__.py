@@ -1,0 +1,1 @@
+"""The staging engine: the scheduler, the dispatcher, the worker pools and what runs in the workers."""

@@ -1,0 +1,1 @@
+"""The VO protocols: synchronous SIAP 1.0 and VOSI."""
