@@ -62,11 +62,7 @@ def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
 async def _reaper(service: JobService, interval: float) -> None:
     while True:
         try:
-            destroyed, overdue = await service.reap()
-            for job_id in destroyed:
-                log.info("destroyed expired job %s", job_id)
-            for job_id in overdue:
-                log.info("aborted job %s: execution duration exceeded", job_id)
+            await service.reap()  # the service logs each job it destroys or aborts
         except Exception:  # keep reaping whatever one sweep hit
             log.exception("reaper sweep failed")
         await asyncio.sleep(interval)
@@ -159,6 +155,7 @@ def _template_filters(engine: JinjaTemplateEngine) -> None:
 
 
 def _service_error(request: Request, exc: ServiceError) -> Response:
+    log.info("%s %s: %d %s", request.method, request.url.path, exc.status, exc.render().strip()[:300])
     if wants_page(request):
         return error_page(request, exc)
     return Response(exc.render(), status_code=exc.status, media_type=TEXT, headers=exc.headers)
