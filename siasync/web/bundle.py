@@ -78,7 +78,7 @@ async def zip_stream(service: JobService, browser: JobBrowser, job: Job, base: s
         with archive.open(_entry(f"{folder}/manifest.csv"), "w", force_zip64=True) as out:
             lines = io.StringIO()
             writer = csv.writer(lines, lineterminator="\n")
-            writer.writerow(MANIFEST_COLUMNS)
+            out.write((",".join(MANIFEST_COLUMNS) + "\n").encode())
             async for result in _results(service, job.id, last_result):
                 field = result.meta.get("field")
                 ra, dec = request.positions[field] if isinstance(field, int) else ("", "")
