@@ -146,6 +146,7 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema",
                                      render_plugins=[ReferencePage(), JsonRenderPlugin(), YamlRenderPlugin()]),
         request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # the command line configures logging (siasync.cli.log_config); Litestar keeps out
         debug=False,
     )
 
