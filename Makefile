@@ -53,6 +53,7 @@ soak: $(VENV)/.installed
 bench: $(VENV)/.installed-bench demo
 	$(BIN)/python bench/cutout_bench.py
 	$(BIN)/python bench/service_bench.py --archive $(DEMO)
+	$(BIN)/python bench/page_bench.py --archive $(DEMO)
 	$(BIN)/python bench/staging_bench.py --archive $(DEMO)
 	$(BIN)/python bench/stack_bench.py --archive $(DEMO)
 	$(BIN)/python bench/load_bench.py --archive $(DEMO)
