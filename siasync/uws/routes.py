@@ -217,7 +217,7 @@ class AsyncJobs(Controller):
         job = await service.get(job_id, owner)
         wanted = response_format(raw) or ("HTML" if preferred(request) == HTML else "VOTABLE")
         if wanted == "HTML" and job.start_time is not None:
-            return await table_page(request, service, pages, job, raw)
+            return await table_page(request, pages, job, raw)
         return await table_response(service, job, base_url(request, settings.public_url))
 
     @get(JOB + "/results/{result_id:str}", summary="Download one result (ETag, Last-Modified, Range)",
@@ -228,7 +228,7 @@ class AsyncJobs(Controller):
         result, path = await service.result_file(job_id, owner, result_id)
         return await file_response(request, path, result.mime_type, result.result_id)
 
-    @get(JOB + "/events", summary="Server-Sent Events: phase, progress and each new result",
+    @get(JOB + "/events", summary="Server-Sent Events: phase, progress, times and each new result",
          operation_class=documented(*EVENTS, answers=("text/event-stream",), errors=_ASKED))
     async def get_events(self, request: Request, service: Service, settings: Config, owner: Owner,
                          job_id: FromPath[str]) -> ServerSentEvent:

@@ -23,7 +23,7 @@ from siasync.uws.jobs import ACTIVE, JobService
 from siasync.uws.params import StagingRequest
 from siasync.uws.representations import image_label, iso, job_url
 from storage.browse import JobBrowser
-from storage.jobs import Job
+from storage.jobs import Job, Result
 from storage.table import FOOTER, header, with_base
 
 CHUNK = 256 * 1024
@@ -119,7 +119,7 @@ async def zip_stream(service: JobService, browser: JobBrowser, job: Job, base: s
     yield sink.drain()
 
 
-async def _results(service: JobService, job_id: str, upto: int) -> AsyncIterator:
+async def _results(service: JobService, job_id: str, upto: int) -> AsyncIterator[Result]:
     after = 0
     while batch := await service.store.results(job_id, after, limit=PAGE):
         for result in batch:

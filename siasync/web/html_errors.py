@@ -8,6 +8,7 @@ a way back. The page is rendered after the handler failed, so it reads what it n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from siasync.web.http import HTML, base_url, job_input, preferred
 from siasync.web.job_routes import job_page_context
 from siasync.web.pages import form_error, form_values, landing_context
 
+log = logging.getLogger(__name__)
 #: the handlers whose refused form is shown again
 _JOB_FORMS = ("set_destruction", "set_termination", "set_phase", "post_job", "get_job", "set_execution_duration")
 
@@ -41,6 +43,8 @@ async def _render(request: Request, exc: ServiceError) -> AsyncIterator[bytes]:
         template, context = await _form_again(request, exc) or (template, context)
     except ServiceError:  # the job went away meanwhile, or the form cannot be read again: the plain error page
         pass
+    except Exception:  # the answer's status is sent already: whatever failed, the plain error page follows
+        log.exception("cannot show the form of %s %s again", request.method, request.url.path)
     yield request.app.template_engine.get_template(template).render(**context).encode()
 
 

@@ -39,6 +39,7 @@ class ImageGroup:
 
     @property
     def preview(self) -> FieldProduct | None:
+        """The image's PNG or JPEG product, if it has one."""
         return next((p for p in self.products if p.mime_type in PREVIEWS), None)
 
 

@@ -20,6 +20,7 @@ from siasync.web import sky
 from siasync.web.bundle import bundle_name, zip_stream
 from siasync.web.http import base_url, raw_params
 from siasync.web.job_page import JobPage, PageQuery
+from siasync.web.openapi import documented
 from siasync.web.pages import form_error
 from siasync.web.table_page import table_context
 from storage.jobs import Job
@@ -61,7 +62,7 @@ async def job_page(request: Request, service: JobService, pages: JobPage, job: J
                     context=context, status_code=400 if context["error"] else 200)
 
 
-async def table_page(request: Request, service: JobService, pages: JobPage, job: Job, raw: RawParams) -> Template:
+async def table_page(request: Request, pages: JobPage, job: Job, raw: RawParams) -> Template:
     """The job's table as an HTML page."""
     settings: Settings = request.app.state.settings
     context = await table_context(pages.browser, job, raw, base_url(request, settings.public_url))
@@ -81,7 +82,8 @@ class JobPages(Controller):
         svg = await asyncio.to_thread(sky.job_svg, index, positions, sizes, int(job.info.get("fields_done", 0)))
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "private, max-age=60"})
 
-    @get("/{job_id:str}/results.zip", summary="Every product so far as one zip, streamed, with a manifest")
+    @get("/{job_id:str}/results.zip", summary="Every product so far as one zip, streamed, with a manifest",
+         operation_class=documented(answers=("application/zip",), errors=(401, 403, 404)))
     async def download_all(self, request: Request, service: Service, owner: Owner,
                            settings: NamedDependency[Settings], pages: NamedDependency[JobPage],
                            job_id: FromPath[str]) -> Stream:

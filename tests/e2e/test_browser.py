@@ -150,6 +150,9 @@ def test_with_javascript_results_appear_live_in_their_field_groups(site, browser
     assert all(httpx.get(a.get_attribute("href")).status_code == 200 for a in links)
     wait(browser, lambda d: text(d, "phase") == "COMPLETED", 60)
     wait(browser, lambda d: d.execute_script("return window.notReloaded === undefined"))  # the final page
+    # the first results are on the first screen (1280 x 900), above the fold
+    assert browser.execute_script("return document.querySelector('#field-0 img.thumb').getBoundingClientRect()"
+                                  ".bottom <= window.innerHeight")
     job = httpx.get(browser.current_url, headers={"Accept": "application/json"}).json()
     shown = {a.get_attribute("href").rsplit("/", 1)[-1]
              for a in browser.find_elements(By.CSS_SELECTOR, "section.field a[href*='/results/']")}
@@ -196,7 +199,8 @@ def test_a_bad_submission_keeps_its_values_and_shows_the_error_by_its_field(site
     Select(browser.find_element(By.ID, "collection")).select_by_visible_text("DEMO-DEEP")
     browser.find_element(By.ID, "runid").send_keys("night 7")
     follow(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/async'] button[type=submit]"))
-    assert browser.find_element(By.ID, "pos-error").text == "UsageError: POS: RA must be in [0, 360), got 400 in '400,2'"
+    expected = "UsageError: POS: RA must be in [0, 360), got 400 in '400,2'"
+    assert browser.find_element(By.ID, "pos-error").text == expected
     assert browser.find_element(By.ID, "pos").get_attribute("value") == "400,2"
     assert browser.find_element(By.ID, "size").get_attribute("value") == "0.02"
     assert browser.find_element(By.ID, "runid").get_attribute("value") == "night 7"

@@ -128,7 +128,8 @@ def test_the_table_has_a_page_for_browsers_and_stays_a_votable_for_others(big) -
     assert len(rows) == 200 and rows[0].xpath("string(td[1])") == "25"  # rows 200-399: field 25 first
     one = html(client, f"/async/{job_id}/results/table", FIELD="7")
     assert len(one.xpath("//tbody/tr")) == IMAGES_PER_FIELD * 2
-    assert {a.text for a in one.xpath("//tbody//a")} == {f"00007.{r.id}.{e}" for r in chosen[7] for e in ("fits", "png")}
+    expected = {f"00007.{r.id}.{e}" for r in chosen[7] for e in ("fits", "png")}
+    assert {a.text for a in one.xpath("//tbody//a")} == expected
     assert html(client, f"/async/{job_id}/results/table", status=400, FIELD="10000").get_element_by_id(
         "form-error").text_content().startswith("UsageError: FIELD: ")
     bad = client.get(f"/async/{job_id}/results/table", params={"RESPONSEFORMAT": "csv"})
