@@ -128,6 +128,7 @@ def test_without_javascript_the_form_creates_a_job_whose_page_refreshes_itself(s
 def test_with_javascript_results_appear_live_in_their_field_groups(site, browser) -> None:
     javascript(browser, True)
     browser.get(site.url + "/")
+    no_violations(browser)
     grid = browser.find_element(By.ID, "grid")
     assert not grid.is_displayed()
     Select(browser.find_element(By.ID, "mode")).select_by_visible_text("mosaic")

@@ -12,7 +12,8 @@ import httpx
 import lxml.html
 import pytest
 
-from tests.siasync.helpers import create_job, wait_for
+from siasync.web.bundle import CHUNK, zip_stream
+from tests.siasync.helpers import create_job, in_app, service, wait_for
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 GOOD = {"POS": "150.1,2.2", "SIZE": "0.05", "FORMAT": "ALL", "INTERSECT": "OVERLAPS", "MODE": "cutout"}
@@ -113,6 +114,20 @@ def test_download_all_streams_a_zip_with_a_manifest_the_files_and_the_table(clie
     assert table.count("<TR>") == len(listed) and table.rstrip().endswith("</VOTABLE>")
     readme = archive.read(folder + "README.txt").decode()
     assert "when the job was COMPLETED" in readme and "still running" not in readme
+
+    # streamed: the zip is produced a chunk at a time, never whole, and nothing is written to disk for it
+    state = client.app.state.service.files.root
+
+    async def pieces() -> list[int]:
+        job = await service(client).get(job_id, "anonymous")
+        return [len(p) async for p in zip_stream(service(client), client.app.state.job_page.browser, job,
+                                                 "http://testserver.local")]
+
+    files_before = sorted(state.rglob("*"))
+    sizes = in_app(client, pieces)
+    assert sorted(state.rglob("*")) == files_before
+    assert sum(sizes) == len(response.content) and len(sizes) > 10
+    assert max(sizes) <= CHUNK + 64 * 1024  # a chunk of a file, and the zip's headers around it
 
 
 def test_a_running_jobs_zip_holds_what_it_has_so_far_and_says_so(client) -> None:

@@ -94,6 +94,13 @@ def test_abort_form_and_job_list_filters(client) -> None:
     assert {"PHASE", "LAST", "AFTER"} <= set(filters.inputs.keys())
     filtered = lxml.html.fromstring(client.get("/async", params={"PHASE": "ABORTED"}, headers=BROWSER).text)
     assert filtered.xpath("//td/a/text()") == [job_id]
+    done = create_job(client, {"POS": "150.1,2.2\n10,10", "SIZE": "0.01", "PHASE": "RUN"})
+    wait_for(client, done, ("COMPLETED",))
+    info = client.get(f"/async/{done}", headers={"Accept": "application/json"}).json()["jobInfo"]
+    row = page(client, "/async").xpath("//tr[td/a[text()=$j]]", j=done)[0]
+    headers = page(client, "/async").xpath("//thead//th/text()")
+    cells = dict(zip(headers, (td.text_content() for td in row.xpath("td")), strict=True))
+    assert cells["Fields done"] == "2 / 2" and cells["Products"] == str(info["products"]) != "0"
 
 
 def test_running_job_page_streams_updates_and_finished_page_does_not(client) -> None:
