@@ -113,7 +113,7 @@ def test_without_javascript_the_form_creates_a_job_whose_page_refreshes_itself(s
     browser.get(site.url + "/")
     assert browser.find_element(By.ID, "grid").is_displayed()  # without JavaScript the grid fields are all shown
     browser.find_element(By.ID, "pos").send_keys("150.1,2.2")
-    browser.find_element(By.ID, "start").send_keys(later(4))
+    browser.find_element(By.ID, "start").send_keys(later(6))
     follow(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/async'] button[type=submit]"))
     assert "/async/" in browser.current_url
     assert text(browser, "phase") == "QUEUED"
@@ -134,7 +134,7 @@ def test_with_javascript_results_appear_live_in_their_field_groups(site, browser
     Select(browser.find_element(By.ID, "mode")).select_by_visible_text("mosaic")
     assert grid.is_displayed()
     Select(browser.find_element(By.ID, "mode")).select_by_visible_text("cutout")
-    positions = [f"{150.0 + 0.01 * (i % 20):.2f},{2.1 + 0.01 * (i // 20):.2f}" for i in range(60)]
+    positions = [f"{150.0 + 0.01 * (i % 15):.2f},{2.1 + 0.01 * (i // 15):.2f}" for i in range(30)]
     browser.find_element(By.ID, "pos").send_keys("\n".join(positions))
     Select(browser.find_element(By.ID, "format")).select_by_visible_text("ALL")
     browser.find_element(By.ID, "start").send_keys(later(3))
