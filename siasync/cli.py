@@ -101,7 +101,9 @@ def log_config(verbose: bool = False) -> dict:
             "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}},
             "root": {"level": "WARNING", "handlers": ["stderr"]},
             "loggers": {"siasync": {"level": "DEBUG" if verbose else "INFO"}, "uvicorn": {"level": "INFO"},
-                        "uvicorn.access": {"level": "INFO"}}}
+                        "uvicorn.access": {"level": "INFO"},
+                        # Dask installs its own INFO handler when imported: its warnings go through ours instead
+                        "distributed": {"level": "WARNING", "handlers": [], "propagate": True}}}
 
 
 def _demo_archive(args: argparse.Namespace) -> int:
@@ -135,6 +137,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if settings.executor == "local":
         _start_forkserver()
+    else:
+        import distributed  # noqa: F401 - configures its logging when imported: configure ours over it
+
+        logging.config.dictConfig(log_config(args.verbose))
     import uvicorn
 
     from siasync.app import create_app
