@@ -118,3 +118,15 @@ def test_running_job_page_streams_updates_and_finished_page_does_not(client) -> 
     wait_for(client, done, ("COMPLETED",))
     finished = page(client, f"/async/{done}")
     assert not finished.xpath("//script") and not finished.xpath("//noscript")
+
+
+def test_the_job_page_shows_the_jobs_warnings(client) -> None:
+    from tests.siasync.helpers import in_app, service
+
+    job_id = create_job(client)
+    warnings = [{"message": "parent demo-wide_r_e1_t11 could not be read: truncated file", "image": "x"},
+                "an older warning, as plain text"]
+    in_app(client, service(client).store.update, job_id, info={"fields_total": 1, "warnings": warnings})
+    doc = page(client, f"/async/{job_id}")
+    shown = [li.text_content() for li in doc.xpath("//section[@class='warnings']//li")]
+    assert shown == ["parent demo-wide_r_e1_t11 could not be read: truncated file", "an older warning, as plain text"]
