@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO := data/demo
 DEMO_SETTINGS := data/demo-survey.toml
 
-.PHONY: serve test soak bench demo clean
+.PHONY: serve test soak bench demo clean browser screenshots
 
 # Reinstall only when pyproject.toml changes: the stamp is newer than it otherwise.
 $(VENV)/.installed: pyproject.toml
@@ -26,10 +26,24 @@ $(DEMO)/siasync-index.sqlite: $(DEMO_SETTINGS) $(VENV)/.installed
 demo: $(DEMO)/siasync-index.sqlite
 
 serve: demo
+	@echo "The command line is $(BIN)/siasync (or run: . $(BIN)/activate, then siasync --help)."
 	$(BIN)/siasync serve --archive $(DEMO)
 
-test: $(VENV)/.installed
+# The browser tests drive Debian's Chromium and its driver; installed here when missing (as root, as CI runs).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium chromium-driver fonts-dejavu-core >/dev/null; \
+	  else echo "the browser tests need Chromium: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; \
+	fi
+
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest
+
+# Screenshots of the main pages for docs/ and the README, from a real server and Chromium.
+screenshots: $(VENV)/.installed browser demo
+	$(BIN)/python docs/screenshots.py --archive $(DEMO) --out docs
 
 # The long variants of the reliability tests (marked soak; `make test` runs the short ones):
 # 50 SIGKILL cycles of the server, 300 destroys at random moments, 200 ABORT-with-DELETE races.
@@ -39,6 +53,7 @@ soak: $(VENV)/.installed
 bench: $(VENV)/.installed-bench demo
 	$(BIN)/python bench/cutout_bench.py
 	$(BIN)/python bench/service_bench.py --archive $(DEMO)
+	$(BIN)/python bench/page_bench.py --archive $(DEMO)
 	$(BIN)/python bench/staging_bench.py --archive $(DEMO)
 	$(BIN)/python bench/stack_bench.py --archive $(DEMO)
 	$(BIN)/python bench/load_bench.py --archive $(DEMO)

@@ -15,6 +15,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template import TemplateConfig
 
@@ -31,8 +32,14 @@ from siasync.uws.representations import iso
 from siasync.uws.routes import AsyncJobs
 from siasync.vo.routes import SyncSia, Vosi
 from siasync.vo.sia import SiaService
+from siasync.web.html_errors import error_page, wants_page
 from siasync.web.http import TEXT
-from siasync.web.pages import Pages
+from siasync.web.job_page import JobPage
+from siasync.web.job_routes import JobPages
+from siasync.web.pages import ArchivePicture, Pages
+from siasync.web.reference import ReferencePage
+from siasync.web.static import filesize, static_files, when
+from storage.browse import JobBrowser
 from storage.files import ResultFiles
 from storage.jobs import JobStore, StoreFull
 
@@ -55,11 +62,7 @@ def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
 async def _reaper(service: JobService, interval: float) -> None:
     while True:
         try:
-            destroyed, overdue = await service.reap()
-            for job_id in destroyed:
-                log.info("destroyed expired job %s", job_id)
-            for job_id in overdue:
-                log.info("aborted job %s: execution duration exceeded", job_id)
+            await service.reap()  # the service logs each job it destroys or aborts
         except Exception:  # keep reaping whatever one sweep hit
             log.exception("reaper sweep failed")
         await asyncio.sleep(interval)
@@ -85,8 +88,10 @@ def create_app(settings: Settings) -> Litestar:
             executor.submit(job_id)
         reaper = asyncio.create_task(_reaper(service, settings.reaper_interval_s), name="reaper")
         sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records)
+        picture = await asyncio.to_thread(ArchivePicture, index)
         app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync,
-                         up_since=datetime.now(UTC))
+                         up_since=datetime.now(UTC), settings=settings, picture=picture,
+                         job_page=JobPage(JobBrowser(store.engine), index))
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
         # collector no longer walks it, and a full collection takes a few ms instead of the 100-150 ms for
         # which it stalled every request on the event loop (bench/staging_bench.py, the poll p99)
@@ -116,8 +121,14 @@ def create_app(settings: Settings) -> Litestar:
     def current_settings() -> Settings:
         return settings
 
+    def job_page(state: State) -> JobPage:
+        return state.job_page
+
+    def picture(state: State) -> ArchivePicture:
+        return state.picture
+
     return Litestar(
-        route_handlers=[Pages, AsyncJobs, SyncSia, Vosi],
+        route_handlers=[Pages, AsyncJobs, JobPages, SyncSia, Vosi, static_files()],
         lifespan=[lifespan],
         dependencies={
             "settings": Provide(current_settings, sync_to_thread=False),
@@ -125,22 +136,29 @@ def create_app(settings: Settings) -> Litestar:
             "index": Provide(index, sync_to_thread=False),
             "sia": Provide(sia, sync_to_thread=False),
             "owner": Provide(owner, sync_to_thread=False),
+            "pages": Provide(job_page, sync_to_thread=False),
+            "picture": Provide(picture, sync_to_thread=False),
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
                             Exception: _internal_error},
         template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates", engine=JinjaTemplateEngine,
                                        engine_callback=_template_filters),
-        openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema"),
+        openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema",
+                                     render_plugins=[ReferencePage(), JsonRenderPlugin(), YamlRenderPlugin()]),
         request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # the command line configures logging (siasync.cli.log_config); Litestar keeps out
         debug=False,
     )
 
 
 def _template_filters(engine: JinjaTemplateEngine) -> None:
-    engine.engine.filters["iso"] = iso
+    engine.engine.filters.update(iso=iso, when=when, filesize=filesize)
 
 
-def _service_error(_: Request, exc: ServiceError) -> Response:
+def _service_error(request: Request, exc: ServiceError) -> Response:
+    log.info("%s %s: %d %s", request.method, request.url.path, exc.status, exc.render().strip()[:300])
+    if wants_page(request):
+        return error_page(request, exc)
     return Response(exc.render(), status_code=exc.status, media_type=TEXT, headers=exc.headers)
 
 
@@ -153,8 +171,9 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
         detail = f"request body: more than the limit of {request.app.multipart_form_part_limit} multipart parts"
     elif exc.status_code in (400, 415):  # the framework's own: the body could not be read as a form
         detail = f"request body: {detail}"
-    return Response(f"{name}: {detail}\n", status_code=exc.status_code, media_type=TEXT,
-                    headers=getattr(exc, "headers", None) or {})
+    error = ServiceError(str(detail), getattr(exc, "headers", None) or {})
+    error.name, error.status = name, exc.status_code
+    return _service_error(request, error)
 
 
 def _store_full(request: Request, exc: StoreFull) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import math
 import sys
 import time
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokens-file", type=Path, help="bearer tokens, one 'TOKEN OWNER' per line")
     serve.add_argument("--workers", type=int, help="worker processes that cut (default: the core count)")
     serve.add_argument("--executor", help="local (default), dask-local[:N] or dask://HOST:PORT")
+    serve.add_argument("--access-log", action="store_const", const=True, default=None,
+                       help="log a line per HTTP request (default: a line per job event and per error only)")
     serve.set_defaults(handler=_serve)
 
     archive = commands.add_parser("archive", help="manage the archive index")
@@ -86,9 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.config.dictConfig(log_config(args.verbose))
     return args.handler(args)
+
+
+def log_config(verbose: bool = False) -> dict:
+    """One concise line per message on stderr: siasync's own at INFO (DEBUG with ``-v``), uvicorn's start-up and
+    (when asked for) access lines, and only the warnings of every other library (reproject, astropy, Dask)."""
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(message)s", "datefmt": "%Y-%m-%d %H:%M:%S"}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}},
+            "root": {"level": "WARNING", "handlers": ["stderr"]},
+            "loggers": {"siasync": {"level": "DEBUG" if verbose else "INFO"}, "uvicorn": {"level": "INFO"},
+                        "uvicorn.access": {"level": "INFO"},
+                        # Dask installs its own INFO handler when imported: its warnings go through ours instead
+                        "distributed": {"level": "WARNING", "handlers": [], "propagate": True}}}
 
 
 def _demo_archive(args: argparse.Namespace) -> int:
@@ -111,7 +126,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(host=args.host, port=args.port, archive=args.archive, state_dir=args.state_dir,
                                      public_url=args.public_url, database_url=args.database_url, auth=args.auth,
-                                     tokens_file=args.tokens_file, workers=args.workers, executor=args.executor)
+                                     tokens_file=args.tokens_file, workers=args.workers, executor=args.executor,
+                                     access_log=args.access_log)
     except ValueError as exc:
         print(f"siasync: {exc}", file=sys.stderr)
         return 2
@@ -121,11 +137,17 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if settings.executor == "local":
         _start_forkserver()
+    else:
+        import distributed  # noqa: F401 - configures its logging when imported: configure ours over it
+
+        logging.config.dictConfig(log_config(args.verbose))
     import uvicorn
 
     from siasync.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # the logging configured in `main` is kept (log_config None); uvicorn's access lines only when asked for
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                access_log=settings.access_log)
     return 0
 
 

@@ -70,6 +70,8 @@ class Settings:
     sync_cutouts: int = 4
     #: most rows one synchronous ``/sia`` query answers; beyond, QUERY_STATUS is OVERFLOW
     sia_max_records: int = 10_000
+    #: log a line per HTTP request (off: the log has a line per job event and per error)
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -123,6 +125,10 @@ def _convert(name: str, hint: Any, raw: str) -> Any:
     try:
         if "Path" in text:
             return Path(raw) if raw else None
+        if hint is bool:
+            if raw.strip().lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                raise ValueError(f"expected true or false, got {raw!r}")
+            return raw.strip().lower() in ("1", "true", "yes", "on")
         if hint is int:
             return int(raw)
         if hint is float:

@@ -1,4 +1,8 @@
-"""Server-Sent Events of a job: ``phase`` and ``progress`` changes, and a ``result`` per product.
+"""Server-Sent Events of a job: ``phase``, ``progress`` and ``times`` changes, and a ``result`` per product.
+
+``times`` carries the job's start, quote and end instants (ISO 8601, null when unknown). A
+``result`` names the image it was cut from (or the co-add: ``mosaic-r``, ``stack``) with the
+image's collection and band, so that a page filtering by them places it without asking.
 
 Result events carry the result's sequence number as their id, so a client that
 reconnects with ``Last-Event-ID`` receives exactly the results it has not seen.
@@ -15,7 +19,7 @@ from litestar.response import ServerSentEventMessage
 
 from siasync.errors import UsageError
 from siasync.uws.jobs import ACTIVE, JobService
-from siasync.uws.representations import job_info, result_url
+from siasync.uws.representations import image_label, iso, job_info, result_url
 
 KEEPALIVE_S = 15.0
 _SEQUENCE = re.compile(r"[0-9]{1,18}")
@@ -34,7 +38,7 @@ def last_event_id(value: str | None) -> int:
 
 async def job_events(service: JobService, job_id: str, after: int, base: str) -> AsyncIterator[ServerSentEventMessage]:
     """The event stream of one job, from result ``after`` on."""
-    phase, info = None, None
+    phase, info, times = None, None, None
     while True:
         armed = service.results_watch.arm(job_id)  # a result or phase change from here on wakes the wait below
         job = await service.store.get(job_id)
@@ -47,13 +51,21 @@ async def job_events(service: JobService, job_id: str, after: int, base: str) ->
         results = await service.store.results(job_id, after, limit=1000)
         for r in results:
             after = r.seq
+            image = r.meta.get("image")
+            collection, band = image_label(service.index, image) if service.index is not None and image else ("", "")
             yield ServerSentEventMessage(event="result", id=r.seq, data=json.dumps({
                 "id": r.result_id, "href": result_url(base, job_id, r.result_id), "field": r.meta.get("field"),
-                "size": r.size, "mime-type": r.mime_type}))
+                "size": r.size, "mime-type": r.mime_type, "image": image,
+                "collection": collection or None, "band": band or None}))
         current = job_info(job)
         if current != info:
             info = current
             yield ServerSentEventMessage(event="progress", data=json.dumps(current))
+        now = {"startTime": iso(job.start_time) or None, "quote": iso(job.quote) or None,
+               "endTime": iso(job.end_time) or None}
+        if now != times:
+            times = now
+            yield ServerSentEventMessage(event="times", data=json.dumps(now))
         if results:
             continue
         if job.phase not in ACTIVE:

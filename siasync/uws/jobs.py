@@ -8,6 +8,7 @@ HTTP handlers call one method each; the executor and the reaper call the
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from siasync.vocabulary import PHASES
 from storage.files import ResultFiles
 from storage.jobs import Job, JobStore, Result
 
+log = logging.getLogger(__name__)
 #: phases in which WAIT blocks (UWS 1.1, 2.2.1.1)
 ACTIVE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
 #: phases from which PHASE=RUN is accepted
@@ -184,6 +186,8 @@ class JobService:
                   start_after=control.start, error_type=None, error_message=None,
                   parameters=[list(p) for p in raw if p[0] != "PHASE"], spec=request.to_spec(), info=info)
         await self.store.create(job, [u.as_row() for u in uploads])
+        log.info("job %s created by %s: %d fields, FORMAT=%s, MODE=%s, %s", job.id, owner, len(request.positions),
+                 request.format, request.mode, job.phase)
         if control.run and self.executor is not None:
             self.executor.submit(job.id)
         return job
@@ -233,6 +237,7 @@ class JobService:
             await self.executor.stopped(job_id)
         await self.store.delete(job_id)
         await asyncio.to_thread(self.files.delete, job_id)
+        log.info("job %s destroyed%s", job_id, " (its destruction time came)" if owner is None else "")
         self.watch.notify(job_id)
         self.results_watch.notify(job_id)  # and the job's armed events are dropped with it
 
@@ -355,7 +360,21 @@ class JobService:
         if moved:
             self.watch.notify(job_id)
             self.results_watch.notify(job_id)
+            await self._log_phase(job_id, to_phase)
         return moved
+
+    async def _log_phase(self, job_id: str, phase: str) -> None:
+        """One line per phase change: what the job made by its end, and why it stopped."""
+        job = await self.store.get(job_id)
+        if job is None:
+            return
+        info = job.info
+        made = (f": {info.get('fields_done', 0)}/{info.get('fields_total', 0)} fields, {info.get('products', 0)} "
+                f"products, {info.get('bytes', 0) / 1e6:.1f} MB") if phase in ("COMPLETED", "ABORTED", "ERROR") else ""
+        if job.start_time is not None and job.end_time is not None and made:
+            made += f" in {(job.end_time - job.start_time).total_seconds():.1f} s"
+        why = f" ({job.error_message})" if phase in ("ABORTED", "ERROR") and job.error_message else ""
+        log.log(logging.WARNING if phase == "ERROR" else logging.INFO, "job %s %s%s%s", job_id, phase, made, why)
 
 
 def _with_inline_upload(raw: RawParams, parts: Mapping[str, tuple[str, bytes]]) -> RawParams:

@@ -7,6 +7,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
+from cutout.index import ArchiveIndex
 from storage.jobs import Job, Result
 from storage.table import MIME as TABLE_MIME
 
@@ -68,11 +69,14 @@ def jobs_xml(jobs: list[Job], base: str) -> bytes:
 TABLE_RESULT = Result(0, TABLE_ID, "", -1, TABLE_MIME)
 
 
-def listed_results(job: Job, results: list[Result]) -> list[Result]:
-    """The results as listed: the growing ``table`` first (once the job has started), then the products."""
-    if job.start_time is None:
-        return results
-    return [TABLE_RESULT, *results]
+def image_label(index: ArchiveIndex, image_id: str) -> tuple[str, str]:
+    """(collection, band) of a table row's image; a co-add has no single collection (``mosaic-r``: band r)."""
+    record = index.by_id.get(image_id)
+    if record is not None:
+        return record.collection, record.band
+    if image_id.startswith("mosaic-"):
+        return "", image_id.removeprefix("mosaic-")
+    return "", ""
 
 
 def result_xml(job_id: str, r: Result, base: str) -> str:

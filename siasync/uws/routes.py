@@ -5,13 +5,13 @@ from __future__ import annotations
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
-from litestar.response import ServerSentEvent, Template
+from litestar.response import ServerSentEvent
 
 from siasync.errors import UsageError
 from siasync.settings import Settings
 from siasync.uws.events import job_events, last_event_id
 from siasync.uws.jobs import PHASES, JobService
-from siasync.uws.representations import iso, jobs_json, jobs_xml, listed_results, parameters_xml
+from siasync.uws.representations import iso, jobs_json, jobs_xml, parameters_xml
 from siasync.uws.table import table_response
 from siasync.web.download import file_response
 from siasync.web.http import (
@@ -28,13 +28,17 @@ from siasync.web.http import (
     see_other,
     text,
 )
-from siasync.web.openapi import DOWNLOAD, EVENTS, JOB_LIST, JOB_PARAMS, WAIT, Param, documented
+from siasync.web.job_page import JobPage
+from siasync.web.job_routes import job_page, table_page
+from siasync.web.openapi import DOWNLOAD, EVENTS, JOB_LIST, JOB_PARAMS, PAGE_VIEW, TABLE_VIEW, WAIT, Param, documented
+from siasync.web.table_page import response_format
 from storage.table import MIME as VOTABLE
 
 JOB = "/{job_id:str}"
 Service = NamedDependency[JobService]
 Owner = NamedDependency[str]
 Config = NamedDependency[Settings]
+Pages = NamedDependency[JobPage]
 _DOCUMENT = (XML, JSON, HTML)
 #: the error answers of a job's resources, of those with parameters, and of changes to them
 _SEEN, _ASKED, _CHANGED = (401, 403, 404), (400, 401, 403, 404), (400, 401, 403, 404, 413)
@@ -46,8 +50,8 @@ def _job(*names: str) -> tuple[Param, ...]:
     return tuple(p for p in JOB_PARAMS if p.name in names)
 
 
-async def _job_page(request: Request, service: JobService, settings: Settings, owner: str, job_id: str,
-                    wait: str | None = None, phase: str | None = None) -> Response:
+async def _job_page(request: Request, service: JobService, settings: Settings, pages: JobPage, owner: str,
+                    job_id: str, wait: str | None = None, phase: str | None = None) -> Response:
     job = (await service.wait(job_id, owner, wait, phase) if wait is not None
            else await service.get(job_id, owner))
     base = base_url(request, settings.public_url)
@@ -56,9 +60,7 @@ async def _job_page(request: Request, service: JobService, settings: Settings, o
         return Response(await service.documents.json(job, base), media_type=JSON)
     if kind == XML:
         return Response(await service.documents.xml(job, base), media_type=XML)
-    results = listed_results(job, await service.store.results(job_id))
-    return Template(template_name="job.html", media_type="text/html",
-                    context={"job": job, "results": results, "base": base, "phases": PHASES})
+    return await job_page(request, service, pages, job)
 
 
 class AsyncJobs(Controller):
@@ -80,15 +82,18 @@ class AsyncJobs(Controller):
     @post("/", summary="Create a job", status_code=303,
           operation_class=documented(*JOB_PARAMS, body=True, answers=(), errors=(400, 401, 413), file=True))
     async def create_job(self, request: Request, service: Service, owner: Owner) -> Response:
-        job = await service.create(owner, *await job_input(request))
+        # a browser's form sends the fields left blank as empty values: for a person they mean "not given"
+        job = await service.create(owner, *await job_input(request, blank_is_absent=preferred(request) == HTML))
         return see_other(f"/async/{job.id}")
 
-    @get(JOB, summary="The job (WAIT and PHASE for blocking)", operation_class=documented(*WAIT, answers=_DOCUMENT,
+    @get(JOB, summary="The job (WAIT and PHASE for blocking)", operation_class=documented(*WAIT, *PAGE_VIEW,
+                                                                                              answers=_DOCUMENT,
                                                                                               errors=_ASKED))
-    async def get_job(self, request: Request, service: Service, settings: Config, owner: Owner,
-                  job_id: FromPath[str]) -> Response:
+    async def get_job(self, request: Request, service: Service, settings: Config, pages: Pages, owner: Owner,
+                      job_id: FromPath[str]) -> Response:
         params = await raw_params(request)
-        return await _job_page(request, service, settings, owner, job_id, one(params, "WAIT"), one(params, "PHASE"))
+        return await _job_page(request, service, settings, pages, owner, job_id, one(params, "WAIT"),
+                               one(params, "PHASE"))
 
     @post(JOB, summary="ACTION=DELETE destroys the job", status_code=303, operation_class=documented(
         Param("ACTION", "DELETE: destroy the job", example="DELETE"), body=True, answers=(), errors=_CHANGED))
@@ -203,11 +208,17 @@ class AsyncJobs(Controller):
         return Response(await service.documents.results(job, base_url(request, settings.public_url)),
                         media_type=XML)
 
-    @get(JOB + "/results/table", summary="The growing SIAP table of the products registered so far",
-         operation_class=documented(answers=(VOTABLE,), errors=_SEEN))
-    async def get_table(self, request: Request, service: Service, settings: Config, owner: Owner,
+    @get(JOB + "/results/table", summary="The growing SIAP table of the products registered so far (HTML for "
+         "browsers, with PAGE and FIELD)", operation_class=documented(*TABLE_VIEW, answers=(VOTABLE, HTML),
+                                                                      errors=_ASKED))
+    async def get_table(self, request: Request, service: Service, settings: Config, pages: Pages, owner: Owner,
                         job_id: FromPath[str]) -> Response:
-        return await table_response(service, await service.get(job_id, owner), base_url(request, settings.public_url))
+        raw = await raw_params(request)
+        job = await service.get(job_id, owner)
+        wanted = response_format(raw) or ("HTML" if preferred(request) == HTML else "VOTABLE")
+        if wanted == "HTML" and job.start_time is not None:
+            return await table_page(request, pages, job, raw)
+        return await table_response(service, job, base_url(request, settings.public_url))
 
     @get(JOB + "/results/{result_id:str}", summary="Download one result (ETag, Last-Modified, Range)",
          operation_class=documented(*DOWNLOAD, answers=("image/fits", "image/png", "image/jpeg"),
@@ -217,7 +228,7 @@ class AsyncJobs(Controller):
         result, path = await service.result_file(job_id, owner, result_id)
         return await file_response(request, path, result.mime_type, result.result_id)
 
-    @get(JOB + "/events", summary="Server-Sent Events: phase, progress and each new result",
+    @get(JOB + "/events", summary="Server-Sent Events: phase, progress, times and each new result",
          operation_class=documented(*EVENTS, answers=("text/event-stream",), errors=_ASKED))
     async def get_events(self, request: Request, service: Service, settings: Config, owner: Owner,
                          job_id: FromPath[str]) -> ServerSentEvent:

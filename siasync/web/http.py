@@ -41,11 +41,12 @@ async def raw_params(request: Request) -> RawParams:
     return (await job_input(request))[0]
 
 
-async def job_input(request: Request) -> tuple[RawParams, dict[str, tuple[str, bytes]]]:
+async def job_input(request: Request, blank_is_absent: bool = False) -> tuple[RawParams, dict[str, tuple[str, bytes]]]:
     """The parameters, and the multipart file parts by name: (content type, bytes).
 
     A file part named like a job parameter other than UPLOAD (``-F POS=@list.txt``)
-    is that parameter's value; the others are tables for UPLOAD.
+    is that parameter's value; the others are tables for UPLOAD. ``blank_is_absent``: leave
+    out the values that are empty or blank (a browser's form sends every field left blank).
     """
     form: list[tuple[str, str]] = []
     parts: dict[str, tuple[str, bytes]] = {}
@@ -63,7 +64,10 @@ async def job_input(request: Request) -> tuple[RawParams, dict[str, tuple[str, b
                 form.append((name, (await value.read()).decode("utf-8", "replace")))
             else:
                 parts[name] = (value.content_type, await value.read())
-    return gather(request.query_params.multi_items(), form), parts
+    params = gather(request.query_params.multi_items(), form)
+    if blank_is_absent:
+        params = [(n, v) for n, v in params if v.strip()]
+    return params, parts
 
 
 def one(params: RawParams, name: str) -> str | None:

@@ -110,6 +110,16 @@ JOB_LIST = (Param("PHASE", "only jobs in these phases", _choices(PHASES), "COMPL
 WAIT = (Param("WAIT", "block up to this many seconds while the job is active (-1: the longest allowed)",
               Schema(type=OpenAPIType.INTEGER, minimum=-1), "10"),
         Param("PHASE", "with WAIT: block only while the job is in this phase", _choices(PHASES), "EXECUTING"))
+#: the job page's own parameters (HTML only)
+PAGE_VIEW = (Param("PAGE", "HTML page: the page of fields to show (25 fields a page)",
+                   Schema(type=OpenAPIType.INTEGER, minimum=1), "2"),
+             Param("BAND", "HTML page: only the products of this band"),
+             Param("COLLECTION", "HTML page: only the products of this collection"),
+             Param("VIEW", "HTML page: a list or a thumbnail grid", _choices(["LIST", "GRID"]), "GRID"))
+TABLE_VIEW = (Param("RESPONSEFORMAT", "VOTABLE (the default but for browsers) or HTML", _choices(["VOTABLE", "HTML"]),
+                    "VOTABLE"),
+              Param("PAGE", "HTML: the page of rows (200 a page)", Schema(type=OpenAPIType.INTEGER, minimum=1), "2"),
+              Param("FIELD", "HTML: only the rows of this field", Schema(type=OpenAPIType.INTEGER, minimum=0), "0"))
 EVENTS = (Param("AFTER", "the sequence number of the last result seen", Schema(type=OpenAPIType.INTEGER, minimum=0)),
           Param("Last-Event-ID", "the same, as a reconnecting EventSource sends it", where=ParamType.HEADER))
 DOWNLOAD = tuple(Param(name, text, where=ParamType.HEADER) for name, text in (

@@ -57,3 +57,33 @@ def test_serve_refuses_an_archive_without_index_and_bad_settings(tmp_path: Path)
     assert result.returncode == 2 and "no archive index" in result.stderr
     result = run("serve", "--archive", str(tmp_path), "--auth", "token")
     assert result.returncode == 2 and "tokens_file" in result.stderr
+
+
+def test_serve_logs_job_events_and_errors_and_access_lines_only_when_asked() -> None:
+    import logging
+    import logging.config
+
+    import pytest
+
+    from siasync.cli import build_parser, log_config
+    from siasync.settings import Settings
+
+    assert build_parser().parse_args(["serve"]).access_log is None
+    assert build_parser().parse_args(["serve", "--access-log"]).access_log is True
+    assert Settings.from_env({}).access_log is False
+    assert Settings.from_env({"SIASYNC_ACCESS_LOG": "true"}).access_log is True
+    with pytest.raises(ValueError, match="SIASYNC_ACCESS_LOG"):
+        Settings.from_env({"SIASYNC_ACCESS_LOG": "sometimes"})
+    config = log_config()
+    assert config["root"]["level"] == "WARNING" and config["loggers"]["siasync"]["level"] == "INFO"
+    root, names = logging.getLogger(), ("siasync", "uvicorn", "uvicorn.access")
+    saved = root.handlers[:], root.level, [logging.getLogger(n).level for n in names]
+    logging.config.dictConfig(config)
+    try:
+        assert not logging.getLogger("reproject.common").isEnabledFor(logging.INFO)  # third-party chatter off
+        assert logging.getLogger("siasync.uws.jobs").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], level, levels = saved
+        root.setLevel(level)
+        for name, old in zip(names, levels, strict=True):
+            logging.getLogger(name).setLevel(old)

@@ -397,8 +397,9 @@ def test_the_event_stream_keep_alive_is_a_bare_comment(monkeypatch) -> None:
 
     async def first_messages() -> list[bytes]:
         stream = job_events(Quiet, "j", 0, "http://x")
-        return [(await anext(stream)).encode() for _ in range(3)]
+        return [(await anext(stream)).encode() for _ in range(4)]
 
-    phase, progress, keep_alive = asyncio.run(first_messages())
+    phase, progress, times, keep_alive = asyncio.run(first_messages())
     assert phase.startswith(b"event: phase") and progress.startswith(b"event: progress")
+    assert times.startswith(b"event: times")
     assert keep_alive == b": keep-alive\r\n\r\n"
