@@ -31,6 +31,7 @@ from siasync.uws.representations import iso
 from siasync.uws.routes import AsyncJobs
 from siasync.vo.routes import SyncSia, Vosi
 from siasync.vo.sia import SiaService
+from siasync.web.head import HeadAsGet
 from siasync.web.http import TEXT
 from siasync.web.pages import Pages
 from storage.files import ResultFiles
@@ -116,7 +117,7 @@ def create_app(settings: Settings) -> Litestar:
     def current_settings() -> Settings:
         return settings
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[Pages, AsyncJobs, SyncSia, Vosi],
         lifespan=[lifespan],
         dependencies={
@@ -128,12 +129,14 @@ def create_app(settings: Settings) -> Litestar:
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
                             Exception: _internal_error},
-        template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates", engine=JinjaTemplateEngine,
-                                       engine_callback=_template_filters),
+        template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates",
+                                       engine=JinjaTemplateEngine, engine_callback=_template_filters),
         openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema"),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
+    app.asgi_handler = HeadAsGet(app.asgi_handler)  # HEAD on every GET resource, with GET's headers
+    return app
 
 
 def _template_filters(engine: JinjaTemplateEngine) -> None:

@@ -428,12 +428,21 @@ class JobStore:
         async with self._session() as s:
             return {(f, i) for f, i in (await s.execute(query)).all()}
 
-    async def table_rows(self, job_id: str, after: int = 0, limit: int = 2000) -> list[tuple[int, str]]:
-        """(seq, row) of a job's table rows after ``after``, in order."""
+    async def table_rows(self, job_id: str, after: int = 0, limit: int = 2000,
+                         upto: int | None = None) -> list[tuple[int, str]]:
+        """(seq, row) of a job's table rows after ``after`` (and up to ``upto``, when given), in order."""
         query = (select(TableRowRow.seq, TableRowRow.row).where(TableRowRow.job_id == job_id, TableRowRow.seq > after)
                  .order_by(TableRowRow.seq).limit(limit))
+        if upto is not None:
+            query = query.where(TableRowRow.seq <= upto)
         async with self._session() as s:
             return [(seq, row) for seq, row in (await s.execute(query)).all()]
+
+    async def last_table_seq(self, job_id: str) -> int:
+        """The sequence number of the job's newest table row (0 for none)."""
+        query = select(func.coalesce(func.max(TableRowRow.seq), 0)).where(TableRowRow.job_id == job_id)
+        async with self._session() as s:
+            return (await s.execute(query)).scalar_one()
 
     async def results(self, job_id: str, after: int = 0, limit: int | None = None) -> list[Result]:
         """A job's results with sequence numbers above ``after``, in registration order.
