@@ -176,7 +176,10 @@ class JobService:
         if control.run:  # refused before anything is stored
             await self._check_owner_limits(owner, len(request.positions))
         info = await self._sizes(request)
+        # to the millisecond, as shown: AFTER compares with the times clients have seen, so a job created
+        # 0.4 ms after the instant a client pages from is not "after" it
         now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         job = Job(id=secrets.token_hex(8), owner=owner, run_id=control.run_id,
                   phase="QUEUED" if control.run else "PENDING",
                   creation_time=now, start_time=None, end_time=None,
