@@ -72,7 +72,7 @@ def post(server: BenchServer, fields: list[tuple[float, float]] | bytes) -> str:
                          headers={"Content-Type": "application/x-www-form-urlencoded"})
     if response.status_code != 303:
         raise RuntimeError(response.text)
-    return server.url + response.headers["location"]
+    return response.headers["location"]
 
 
 def first_result_seconds(server: BenchServer, fields: list[tuple[float, float]]) -> tuple[float, str]:
@@ -104,7 +104,7 @@ def upload_seconds(server: BenchServer, rows: int) -> dict[str, float]:
                          files={"t": ("t.csv", csv.getvalue().encode(), "text/csv")})
     seconds["post"] = time.perf_counter() - start
     assert response.status_code == 303, response.text
-    destroy(server.url + response.headers["location"])
+    destroy(response.headers["location"])
     return seconds
 
 
