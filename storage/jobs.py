@@ -403,6 +403,7 @@ class JobStore:
         """
         for attempt in range(20):
             try:
+                newest = None
                 async with self._session.begin() as s:
                     for table, items in ((ResultRow.__table__, products), (TableRowRow.__table__, rows)):
                         if not items:
@@ -411,9 +412,13 @@ class JobStore:
                                                 .where(table.c.job_id == job_id))).scalar_one()
                         await s.execute(insert(table), [
                             {"job_id": job_id, "seq": last + i, **_columns(item)} for i, item in enumerate(items, 1)])
-                # the job row itself is unchanged; only its newest result number moved
+                        if table is ResultRow.__table__:
+                            newest = last + len(items)
+                # the job row itself is unchanged; only its newest result number moved, to a number known here:
+                # a hundred pollers of a busy job need not each ask the database for it after every batch
                 self._writes += 1
-                self._last_seq.pop(job_id, None)
+                if newest is not None:
+                    self._last_seq[job_id] = newest
                 return
             except IntegrityError:
                 existing = [await self.result(job_id, p.result_id) for p in products]
