@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from litestar import Litestar, Request, Response
@@ -28,8 +29,12 @@ from siasync.staging.scheduler import Scheduler
 from siasync.uws.jobs import JobService
 from siasync.uws.params import Limits
 from siasync.uws.representations import iso
-from siasync.uws.routes import AsyncJobs
-from siasync.vo.routes import SyncSia, Vosi
+from siasync.uws.routes import AsyncJobs, SodaJobs
+from siasync.vo.archive import ArchiveFiles
+from siasync.vo.obscore import Datasets, ObsCoreTable
+from siasync.vo.routes import Archive, DataLinks, Sia2, SodaSync, SyncSia, Vosi
+from siasync.vo.service import VoService
+from siasync.vo.soda import parse_async
 from siasync.vo.sia import SiaService
 from siasync.web.head import HeadAsGet
 from siasync.web.http import TEXT
@@ -80,13 +85,19 @@ def create_app(settings: Settings) -> Litestar:
         executor = Scheduler(service, index, make_pool(settings.executor, settings.workers),
                              max_jobs=settings.running_jobs, policy=settings.scheduling)
         service.executor = executor
+        datasets = Datasets(index, settings.ivo_authority)
+        service.soda = partial(parse_async, datasets=datasets, limits=service.limits)
         await executor.start()
         for job_id in await service.requeue_interrupted():
             await asyncio.to_thread(files.remove_temporaries, job_id)
             executor.submit(job_id)
         reaper = asyncio.create_task(_reaper(service, settings.reaper_interval_s), name="reaper")
-        sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records)
-        app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync,
+        slots = asyncio.Semaphore(settings.sync_cutouts)  # synchronous reads of the archive, all services together
+        sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records, slots)
+        obscore = await asyncio.to_thread(ObsCoreTable, datasets)
+        vo = VoService(obscore, service.limits, settings.sia_max_records,
+                       ArchiveFiles(index, settings.state_dir / "previews", slots), slots)
+        app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync, vo=vo,
                          up_since=datetime.now(UTC))
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
         # collector no longer walks it, and a full collection takes a few ms instead of the 100-150 ms for
@@ -114,17 +125,21 @@ def create_app(settings: Settings) -> Litestar:
     def sia(state: State) -> SiaService:
         return state.sia
 
+    def vo(state: State) -> VoService:
+        return state.vo
+
     def current_settings() -> Settings:
         return settings
 
     app = Litestar(
-        route_handlers=[Pages, AsyncJobs, SyncSia, Vosi],
+        route_handlers=[Pages, AsyncJobs, SodaJobs, SyncSia, Sia2, DataLinks, SodaSync, Archive, Vosi],
         lifespan=[lifespan],
         dependencies={
             "settings": Provide(current_settings, sync_to_thread=False),
             "service": Provide(service, sync_to_thread=False),
             "index": Provide(index, sync_to_thread=False),
             "sia": Provide(sia, sync_to_thread=False),
+            "vo": Provide(vo, sync_to_thread=False),
             "owner": Provide(owner, sync_to_thread=False),
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,

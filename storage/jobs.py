@@ -313,9 +313,15 @@ class JobStore:
         return job
 
     async def list(self, owner: str | None, phases: Iterable[str] | None = None, after: datetime | None = None,
-                   last: int | None = None) -> list[Job]:
-        """Jobs newest first, filtered by owner (None: all), phase and creation time."""
+                   last: int | None = None, id_prefix: str | None = None,
+                   exclude_prefix: str | None = None) -> list[Job]:
+        """Jobs newest first, filtered by owner (None: all), phase, creation time, and the start of their ids
+        (``id_prefix``: only ids starting so; ``exclude_prefix``: none of them)."""
         query = select(JobRow).order_by(JobRow.creation_time.desc(), JobRow.id.desc())
+        if id_prefix is not None:
+            query = query.where(JobRow.id.startswith(id_prefix, autoescape=True))
+        if exclude_prefix is not None:
+            query = query.where(~JobRow.id.startswith(exclude_prefix, autoescape=True))
         if owner is not None:
             query = query.where(JobRow.owner == owner)
         if phases is not None:

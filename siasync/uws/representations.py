@@ -47,9 +47,18 @@ def owner_id(job: Job) -> str | None:
     return None if job.owner == ANONYMOUS else job.owner
 
 
+#: the id prefix of SODA jobs: the kind of a job is part of its id
+SODA_PREFIX = "soda-"
+
+
+def job_path(job_id: str) -> str:
+    """The URL path of a job: under ``/soda/async`` for a SODA job, ``/async`` for the others."""
+    return f"/soda/async/{job_id}" if job_id.startswith(SODA_PREFIX) else f"/async/{job_id}"
+
+
 def job_url(base: str, job_id: str) -> str:
     """Absolute URL of a job."""
-    return f"{base}/async/{job_id}"
+    return base + job_path(job_id)
 
 
 def result_url(base: str, job_id: str, result_id: str) -> str:
@@ -96,7 +105,7 @@ def result_json(job_id: str, r: Result, base: str) -> dict[str, Any]:
 
 def upload_url(base: str, job_id: str, value: str) -> str:
     """Where the table of an UPLOAD value (``name,URI``) can be read back from this service."""
-    return f"{base}/async/{job_id}/parameters/{value.partition(',')[0].strip()}"
+    return f"{job_url(base, job_id)}/parameters/{value.partition(',')[0].strip()}"
 
 
 def _fill_parameters(container: ET.Element, job: Job, base: str) -> ET.Element:

@@ -11,7 +11,15 @@ from siasync.errors import UsageError
 from siasync.settings import Settings
 from siasync.uws.events import job_events, last_event_id
 from siasync.uws.jobs import PHASES, JobService
-from siasync.uws.representations import iso, jobs_json, jobs_xml, listed_results, owner_id, parameters_xml
+from siasync.uws.representations import (
+    iso,
+    job_path,
+    jobs_json,
+    jobs_xml,
+    listed_results,
+    owner_id,
+    parameters_xml,
+)
 from siasync.uws.table import table_response
 from siasync.web.download import file_response
 from siasync.web.http import (
@@ -29,7 +37,7 @@ from siasync.web.http import (
     see_other,
     text,
 )
-from siasync.web.openapi import DOWNLOAD, EVENTS, JOB_LIST, JOB_PARAMS, WAIT, Param, documented
+from siasync.web.openapi import DOWNLOAD, EVENTS, JOB_LIST, JOB_PARAMS, SODA, WAIT, Param, documented
 from storage.table import MIME as VOTABLE
 
 JOB = "/{job_id:str}"
@@ -65,13 +73,15 @@ class AsyncJobs(Controller):
     """``/async``: the job list, job creation and every child of a job."""
 
     path = "/async"
+    #: the kind of job this list holds and creates (`JobService.create`)
+    kind = "sia"
 
     @get("/", summary="List jobs (PHASE, AFTER, LAST)", operation_class=documented(*JOB_LIST, answers=_DOCUMENT,
                                                                                            errors=(400, 401)))
     async def list_jobs(self, request: Request, service: Service, settings: Config, owner: Owner) -> Response:
         params = await raw_params(request)
         jobs = await service.list(owner, [v for n, v in params if n == "PHASE"], one(params, "AFTER"),
-                                  one(params, "LAST"))
+                                  one(params, "LAST"), kind=self.kind)
         base = base_url(request, settings.public_url)
         return represent(request, jobs_xml(jobs, base), jobs_json(jobs, base), "jobs.html",
                          {"jobs": jobs, "base": base, "phases": PHASES,
@@ -80,8 +90,8 @@ class AsyncJobs(Controller):
     @post("/", summary="Create a job", status_code=303,
           operation_class=documented(*JOB_PARAMS, body=True, answers=(), errors=(400, 401, 413), file=True))
     async def create_job(self, request: Request, settings: Config, service: Service, owner: Owner) -> Response:
-        job = await service.create(owner, *await job_input(request))
-        return see_other(request, settings.public_url, f"/async/{job.id}")
+        job = await service.create(owner, *await job_input(request), kind=self.kind)
+        return see_other(request, settings.public_url, job_path(job.id))
 
     @get(JOB, summary="The job (WAIT and PHASE for blocking)", operation_class=documented(*WAIT, answers=_DOCUMENT,
                                                                                               errors=_ASKED))
@@ -99,13 +109,13 @@ class AsyncJobs(Controller):
             await service.get(job_id, owner)
             raise UsageError("ACTION", f"expected ACTION=DELETE, got {action!r}")
         await service.destroy(job_id, owner)
-        return see_other(request, settings.public_url, "/async")
+        return see_other(request, settings.public_url, self.path)
 
     @delete(JOB, summary="Destroy the job", status_code=303, operation_class=documented(answers=(), errors=_SEEN))
     async def delete_job(self, request: Request, settings: Config, service: Service, owner: Owner,
                          job_id: FromPath[str]) -> Response:
         await service.destroy(job_id, owner)
-        return see_other(request, settings.public_url, "/async")
+        return see_other(request, settings.public_url, self.path)
 
     @get(JOB + "/phase", summary="The phase", operation_class=_READ)
     async def get_phase(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
@@ -123,7 +133,7 @@ class AsyncJobs(Controller):
             await service.abort(job_id, owner)
         else:
             raise UsageError("PHASE", f"expected RUN or ABORT, got {phase!r}")
-        return see_other(request, settings.public_url, f"/async/{job_id}")
+        return see_other(request, settings.public_url, job_path(job_id))
 
     @get(JOB + "/executionduration", summary="The execution duration in seconds", operation_class=_READ)
     async def get_execution_duration(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
@@ -137,7 +147,7 @@ class AsyncJobs(Controller):
         if value is None:
             raise UsageError("EXECUTIONDURATION", "required")
         await service.set_execution_duration(job_id, owner, value)
-        return see_other(request, settings.public_url, f"/async/{job_id}")
+        return see_other(request, settings.public_url, job_path(job_id))
 
     @get([JOB + "/destruction", JOB + "/termination"], summary="The destruction instant", operation_class=_READ)
     async def get_destruction(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
@@ -163,7 +173,7 @@ class AsyncJobs(Controller):
             await service.get(job_id, owner)
             raise UsageError(param, "required: an ISO 8601 instant")
         await service.set_destruction(job_id, owner, param, value)
-        return see_other(request, settings.public_url, f"/async/{job_id}")
+        return see_other(request, settings.public_url, job_path(job_id))
 
     @get(JOB + "/error", summary="The error message (empty when there is none)", operation_class=_READ)
     async def get_error(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
@@ -178,7 +188,7 @@ class AsyncJobs(Controller):
     async def post_quote(self, request: Request, settings: Config, service: Service, owner: Owner,
                          job_id: FromPath[str]) -> Response:
         await service.run(job_id, owner)
-        return see_other(request, settings.public_url, f"/async/{job_id}")
+        return see_other(request, settings.public_url, job_path(job_id))
 
     @get(JOB + "/owner", summary="The owner (empty when nobody was authenticated)", operation_class=_READ)
     async def get_owner(self, service: Service, owner: Owner, job_id: FromPath[str]) -> Response:
@@ -201,7 +211,7 @@ class AsyncJobs(Controller):
     async def set_parameters(self, request: Request, settings: Config, service: Service, owner: Owner,
                              job_id: FromPath[str]) -> Response:
         await service.set_parameters(job_id, owner, *await job_input(request))
-        return see_other(request, settings.public_url, f"/async/{job_id}")
+        return see_other(request, settings.public_url, job_path(job_id))
 
     @get(JOB + "/results", summary="The results so far", operation_class=documented(answers=(XML,), errors=_SEEN))
     async def get_results(self, request: Request, service: Service, settings: Config, owner: Owner,
@@ -233,3 +243,22 @@ class AsyncJobs(Controller):
         # a reconnecting client sends Last-Event-ID; a page opening the stream says where to start with AFTER
         after = last_event_id(request.headers.get("last-event-id") or one(await raw_params(request), "AFTER"))
         return ServerSentEvent(job_events(service, job_id, after, base_url(request, settings.public_url)))
+
+
+class SodaJobs(AsyncJobs):
+    """``/soda/async``: SODA 1.0 async, a UWS job list whose jobs cut every region of every ID.
+
+    A SODA job has every child of an ``/async`` job (and is served under both paths); its
+    results are staged by the same engine, with a growing ``table``.
+    """
+
+    path = "/soda/async"
+    kind = "soda"
+
+    @post("/", summary="Create a SODA job (ID, POS/CIRCLE/POLYGON, repeatable; BAND, TIME; the UWS settings)",
+          status_code=303, operation_class=documented(*SODA, *_job("RUNID", "EXECUTIONDURATION", "DESTRUCTION",
+                                                                     "START", "PHASE"),
+                                                        body=True, answers=(), errors=(400, 401, 404, 413)))
+    async def create_job(self, request: Request, settings: Config, service: Service, owner: Owner) -> Response:
+        job = await service.create(owner, await raw_params(request), kind=self.kind)
+        return see_other(request, settings.public_url, job_path(job.id))
