@@ -11,7 +11,8 @@ band or observation misses them has no data for the request.
   no body (SODA 1.0, 5.1). Several values: ``MultiValuedParamNotSupported``.
 * **async** takes many IDs and many regions; every (region, ID) combination is one
   result, staged progressively by the job engine as ``/async`` jobs are, with a growing
-  ``table``. A combination with no pixels is a text/plain result saying so (SODA 1.0, 6).
+  ``table``. The regions are the job's fields, numbered POS values first, then CIRCLE,
+  then POLYGON, each in the order given. A combination with no pixels is a text/plain result saying so (SODA 1.0, 6).
   BAND and TIME are single-valued there.
 
 Errors are text/plain, starting with a SODA error label (``UsageError``, ``Error``...).
@@ -91,6 +92,8 @@ def _box(param: str, region: Circle | Polygon | Range, limits: Limits) -> Field:
 
 
 def _regions(values: Mapping[str, list[str]], limits: Limits) -> list[Field]:
+    """The boxes of the request's regions: POS values, then CIRCLE, then POLYGON, each in the order given
+    (a job's fields are numbered so; a form body keeps the order of one name's values, not across names)."""
     return [_box(name, parse_region(name, text), limits) for name in REGIONS for text in values.get(name, [])]
 
 
