@@ -147,7 +147,8 @@ def test_sia2_rows_describe_their_images(client: TestClient, demo_index: Archive
         edge = np.minimum.reduce([np.abs(x + 0.5), np.abs(x - nx + 0.5), np.abs(y + 0.5), np.abs(y - ny + 0.5)])
         assert edge.max() < 1e-6
     fields = {f.name: f for f in document.get_first_table().fields}
-    assert fields["s_region"].xtype == "polygon" and fields["obs_publisher_did"].utype == "obscore:Curation.publisherDID"
+    assert fields["s_region"].xtype == "polygon"
+    assert fields["obs_publisher_did"].utype == "obscore:Curation.publisherDID"
     descriptors = {r.ID: r for r in document.resources if r.type == "meta"}
     assert {"datalink", "soda-sync", "soda-async", "this"} <= set(descriptors)
     assert descriptors["datalink"].groups[0].entries[0].ref == "obs_publisher_did"
