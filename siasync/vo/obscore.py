@@ -40,7 +40,8 @@ def _col(name: str, datatype: str, ucd: str, utype: str, unit: str | None = None
 
 #: The ObsCore 1.1 columns, mandatory ones first, as SIA 2.0 answers them.
 COLUMNS: tuple[Col, ...] = (
-    _col("dataproduct_type", "char", "meta.code.class", "ObsDataset.dataProductType", description="image"),
+    _col("dataproduct_type", "char", "meta.code.class", "ObsDataset.dataProductType", description="image: every "
+         "archive dataset is a 2-D image"),
     _col("calib_level", "short", "meta.code;obs.calib", "ObsDataset.calibLevel"),
     _col("obs_collection", "char", "meta.id", "DataID.collection"),
     _col("obs_id", "char", "meta.id", "DataID.observationID", description="the archive's image id"),
