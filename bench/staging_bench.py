@@ -72,7 +72,7 @@ def post(server: BenchServer, fields: list[tuple[float, float]] | bytes) -> str:
                          headers={"Content-Type": "application/x-www-form-urlencoded"})
     if response.status_code != 303:
         raise RuntimeError(response.text)
-    return server.url + response.headers["location"]
+    return response.headers["location"]
 
 
 def first_result_seconds(server: BenchServer, fields: list[tuple[float, float]]) -> tuple[float, str]:
@@ -104,7 +104,7 @@ def upload_seconds(server: BenchServer, rows: int) -> dict[str, float]:
                          files={"t": ("t.csv", csv.getvalue().encode(), "text/csv")})
     seconds["post"] = time.perf_counter() - start
     assert response.status_code == 303, response.text
-    destroy(server.url + response.headers["location"])
+    destroy(response.headers["location"])
     return seconds
 
 
@@ -148,13 +148,15 @@ def wait_done(job: str, server: BenchServer, rss: list[float]) -> float:
     return time.perf_counter()
 
 
-def poll(server: BenchServer, job: str, clients: int = 100, seconds: float = 10.0) -> tuple[list[float], int]:
-    """Latencies (ms) of GET job from ``clients`` pollers in their own process, and the failures."""
+def poll(server: BenchServer, job: str, clients: int = 100, seconds: float = 10.0,
+         conditional: bool = False) -> dict:
+    """GET job from ``clients`` pollers in their own process: latencies (ms), failures and 304 answers;
+    ``conditional``: each poller sends the ETag of its last full answer in If-None-Match."""
     out = subprocess.run([sys.executable, str(REPO / "bench" / "_poller.py"), "127.0.0.1", str(server.port),
-                          job.removeprefix(server.url), str(clients), str(seconds)],
+                          job.removeprefix(server.url), str(clients), str(seconds),
+                          *(["--conditional"] if conditional else [])],
                          capture_output=True, text=True, check=True, timeout=seconds + 120)
-    polled = json.loads(out.stdout)
-    return polled["latencies_ms"], polled["failures"]
+    return json.loads(out.stdout)
 
 
 async def raw_throughput(index: ArchiveIndex, fields: list[tuple[float, float]], scratch: Path,
@@ -222,7 +224,8 @@ def main() -> int:
         rows = table.text.count("<TR>")
 
         busy_job = post(server, positions(args.bulk, seed=4))  # keeps both cores busy while polled
-        polled = {"small": poll(server, small_job), "bulk": poll(server, busy_job)}
+        polled = {"small": poll(server, small_job), "bulk": poll(server, busy_job),
+                  "bulk-conditional": poll(server, busy_job, conditional=True)}
         busy_products = info(busy_job)["jobInfo"]["products"]
         behind = {"fair": small_latencies(server, busy_job)}
         destroy(busy_job)
@@ -257,11 +260,13 @@ def main() -> int:
     print(f"| end-to-end products/s vs raw pool on the same pairs | {e2e:.0f} ({products} products) | "
           f"{raw_rate:.0f} ({raw_made}) | {e2e / raw_rate:.0%} |")
     for name, label in (("small", f"the 10-field job ({small_products} results)"),
-                        ("bulk", f"the busy bulk job itself (~{busy_products} results at the end)")):
-        latencies, failures = polled[name]
+                        ("bulk", f"the busy bulk job itself (~{busy_products} results at the end)"),
+                        ("bulk-conditional", "the busy bulk job itself, sending If-None-Match")):
+        latencies = polled[name]["latencies_ms"]
         print(f"| GET /async/{{job}} p50 / p99, 100 pollers on {label}, during a bulk job | "
               f"{np.percentile(latencies, 50):.1f} / {np.percentile(latencies, 99):.1f} ms "
-              f"({len(latencies)} requests, {failures} failed) | | |")
+              f"({len(latencies)} requests, {polled[name]['not_modified']} answered 304, "
+              f"{polled[name]['failures']} failed) | | |")
     print(f"| server RSS, peak during the bulk job | {max(rss):.0f} MB | {rss[0]:.0f} MB at start | "
           f"{max(rss) / rss[0]:.2f} |")
     print(f"| table GET at {rows} rows (median of 5) | {statistics.median(table_times) * 1e3:.0f} ms | | |")

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from litestar import Litestar, Request, Response
@@ -29,9 +30,14 @@ from siasync.staging.scheduler import Scheduler
 from siasync.uws.jobs import JobService
 from siasync.uws.params import Limits
 from siasync.uws.representations import iso
-from siasync.uws.routes import AsyncJobs
-from siasync.vo.routes import SyncSia, Vosi
+from siasync.uws.routes import AsyncJobs, SodaJobs
+from siasync.vo.archive import ArchiveFiles
+from siasync.vo.obscore import Datasets, ObsCoreTable
+from siasync.vo.routes import Archive, DataLinks, Sia2, SodaSync, SyncSia, Vosi
+from siasync.vo.service import VoService
+from siasync.vo.soda import parse_async
 from siasync.vo.sia import SiaService
+from siasync.web.head import HeadAsGet
 from siasync.web.html_errors import error_page, wants_page
 from siasync.web.http import TEXT
 from siasync.web.job_page import JobPage
@@ -82,14 +88,20 @@ def create_app(settings: Settings) -> Litestar:
         executor = Scheduler(service, index, make_pool(settings.executor, settings.workers),
                              max_jobs=settings.running_jobs, policy=settings.scheduling)
         service.executor = executor
+        datasets = Datasets(index, settings.ivo_authority)
+        service.soda = partial(parse_async, datasets=datasets, limits=service.limits)
         await executor.start()
         for job_id in await service.requeue_interrupted():
             await asyncio.to_thread(files.remove_temporaries, job_id)
             executor.submit(job_id)
         reaper = asyncio.create_task(_reaper(service, settings.reaper_interval_s), name="reaper")
-        sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records)
+        slots = asyncio.Semaphore(settings.sync_cutouts)  # synchronous reads of the archive, all services together
+        sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records, slots)
+        obscore = await asyncio.to_thread(ObsCoreTable, datasets)
+        vo = VoService(obscore, service.limits, settings.sia_max_records,
+                       ArchiveFiles(index, settings.state_dir / "previews", slots), slots)
         picture = await asyncio.to_thread(ArchivePicture, index)
-        app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync,
+        app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync, vo=vo,
                          up_since=datetime.now(UTC), settings=settings, picture=picture,
                          job_page=JobPage(JobBrowser(store.engine), index))
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
@@ -118,6 +130,9 @@ def create_app(settings: Settings) -> Litestar:
     def sia(state: State) -> SiaService:
         return state.sia
 
+    def vo(state: State) -> VoService:
+        return state.vo
+
     def current_settings() -> Settings:
         return settings
 
@@ -127,28 +142,32 @@ def create_app(settings: Settings) -> Litestar:
     def picture(state: State) -> ArchivePicture:
         return state.picture
 
-    return Litestar(
-        route_handlers=[Pages, AsyncJobs, JobPages, SyncSia, Vosi, static_files()],
+    app = Litestar(
+        route_handlers=[Pages, AsyncJobs, SodaJobs, JobPages, SyncSia, Sia2, DataLinks, SodaSync, Archive, Vosi,
+                        static_files()],
         lifespan=[lifespan],
         dependencies={
             "settings": Provide(current_settings, sync_to_thread=False),
             "service": Provide(service, sync_to_thread=False),
             "index": Provide(index, sync_to_thread=False),
             "sia": Provide(sia, sync_to_thread=False),
+            "vo": Provide(vo, sync_to_thread=False),
             "owner": Provide(owner, sync_to_thread=False),
             "pages": Provide(job_page, sync_to_thread=False),
             "picture": Provide(picture, sync_to_thread=False),
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
                             Exception: _internal_error},
-        template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates", engine=JinjaTemplateEngine,
-                                       engine_callback=_template_filters),
+        template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates",
+                                       engine=JinjaTemplateEngine, engine_callback=_template_filters),
         openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema",
                                      render_plugins=[ReferencePage(), JsonRenderPlugin(), YamlRenderPlugin()]),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # the command line configures logging (siasync.cli.log_config); Litestar keeps out
         debug=False,
     )
+    app.asgi_handler = HeadAsGet(app.asgi_handler)  # HEAD on every GET resource, with GET's headers
+    return app
 
 
 def _template_filters(engine: JinjaTemplateEngine) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from siasync.errors import AuthenticationError
 from siasync.settings import Settings
 
+#: the owner of every job when nobody is authenticated; shown as a nil ownerId (UWS 1.1)
 ANONYMOUS = "anonymous"
 
 
@@ -22,6 +23,8 @@ def read_tokens(path: Path) -> dict[str, str]:
         parts = line.split()
         if len(parts) != 2:
             raise ValueError(f"{path}:{number}: expected 'TOKEN OWNER'")
+        if parts[1] == ANONYMOUS:
+            raise ValueError(f"{path}:{number}: the owner name {ANONYMOUS!r} is reserved for unauthenticated jobs")
         tokens[parts[0]] = parts[1]
     return tokens
 
@@ -47,6 +50,9 @@ class Authenticator:
             user = headers.get("x-remote-user", "").strip()
             if not user:
                 raise AuthenticationError("no X-Remote-User header from the proxy",
+                                          {"WWW-Authenticate": 'Basic realm="siasync"'})
+            if user == ANONYMOUS:  # the jobs of anonymous mode are shown with no owner; no user can be them
+                raise AuthenticationError(f"X-Remote-User: {ANONYMOUS!r} is reserved for unauthenticated jobs",
                                           {"WWW-Authenticate": 'Basic realm="siasync"'})
             return user
         scheme, _, token = headers.get("authorization", "").partition(" ")

@@ -49,3 +49,15 @@ class NotFound(ServiceError):
 
     status = 404
     name = "NotFound"
+
+
+class MultiValuedParamNotSupported(UsageError):
+    """A parameter given several times where only one value is taken (SODA 1.0, 3.1)."""
+
+    name = "MultiValuedParamNotSupported"
+
+
+class UnknownDataset(UsageError):
+    """An ID that names no dataset of this archive (SODA calls it a usage error; HTTP says 404)."""
+
+    status = 404

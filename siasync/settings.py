@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "SIASYNC_"
 _EXECUTOR = re.compile(r"local|dask-local(:[1-9][0-9]*)?|dask://[^\s/:]+:[0-9]+")
 AUTH_MODES = ("anonymous", "token", "header")
+#: an IVOA authority id (IVOA Identifiers 2.0, section 2.3.1)
+_AUTHORITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{2,}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class Settings:
     sia_max_records: int = 10_000
     #: log a line per HTTP request (off: the log has a line per job event and per error)
     access_log: bool = False
+    #: the IVOA naming authority of the archive's datasets: their publisher DIDs (SIA 2.0, DataLink,
+    #: SODA) are ``ivo://AUTHORITY/images?IMAGE_ID``; set it to the authority your registry knows you by
+    ivo_authority: str = "siasync.local"
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -94,6 +99,9 @@ class Settings:
             if url.scheme not in ("http", "https") or not url.netloc or not url.path.startswith("/"):
                 raise ValueError(f"upload_urls: {prefix!r} must be an http(s) URL with a path, e.g. "
                                  "https://data.example.org/lists/ (a bare host would also match longer host names)")
+        if not _AUTHORITY.fullmatch(self.ivo_authority):
+            raise ValueError(f"ivo_authority must be an IVOA authority id (letters, digits and ._~- , at least 3 "
+                             f"characters, starting with a letter or digit), got {self.ivo_authority!r}")
         if self.destruction_default_s > self.destruction_max_s or self.execution_default_s > self.execution_max_s:
             raise ValueError("a default may not exceed its maximum")
 

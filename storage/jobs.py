@@ -313,9 +313,15 @@ class JobStore:
         return job
 
     async def list(self, owner: str | None, phases: Iterable[str] | None = None, after: datetime | None = None,
-                   last: int | None = None) -> list[Job]:
-        """Jobs newest first, filtered by owner (None: all), phase and creation time."""
+                   last: int | None = None, id_prefix: str | None = None,
+                   exclude_prefix: str | None = None) -> list[Job]:
+        """Jobs newest first, filtered by owner (None: all), phase, creation time, and the start of their ids
+        (``id_prefix``: only ids starting so; ``exclude_prefix``: none of them)."""
         query = select(JobRow).order_by(JobRow.creation_time.desc(), JobRow.id.desc())
+        if id_prefix is not None:
+            query = query.where(JobRow.id.startswith(id_prefix, autoescape=True))
+        if exclude_prefix is not None:
+            query = query.where(~JobRow.id.startswith(exclude_prefix, autoescape=True))
         if owner is not None:
             query = query.where(JobRow.owner == owner)
         if phases is not None:
@@ -403,6 +409,7 @@ class JobStore:
         """
         for attempt in range(20):
             try:
+                newest = None
                 async with self._session.begin() as s:
                     for table, items in ((ResultRow.__table__, products), (TableRowRow.__table__, rows)):
                         if not items:
@@ -411,9 +418,13 @@ class JobStore:
                                                 .where(table.c.job_id == job_id))).scalar_one()
                         await s.execute(insert(table), [
                             {"job_id": job_id, "seq": last + i, **_columns(item)} for i, item in enumerate(items, 1)])
-                # the job row itself is unchanged; only its newest result number moved
+                        if table is ResultRow.__table__:
+                            newest = last + len(items)
+                # the job row itself is unchanged; only its newest result number moved, to a number known here:
+                # a hundred pollers of a busy job need not each ask the database for it after every batch
                 self._writes += 1
-                self._last_seq.pop(job_id, None)
+                if newest is not None:
+                    self._last_seq[job_id] = newest
                 return
             except IntegrityError:
                 existing = [await self.result(job_id, p.result_id) for p in products]
@@ -428,12 +439,21 @@ class JobStore:
         async with self._session() as s:
             return {(f, i) for f, i in (await s.execute(query)).all()}
 
-    async def table_rows(self, job_id: str, after: int = 0, limit: int = 2000) -> list[tuple[int, str]]:
-        """(seq, row) of a job's table rows after ``after``, in order."""
+    async def table_rows(self, job_id: str, after: int = 0, limit: int = 2000,
+                         upto: int | None = None) -> list[tuple[int, str]]:
+        """(seq, row) of a job's table rows after ``after`` (and up to ``upto``, when given), in order."""
         query = (select(TableRowRow.seq, TableRowRow.row).where(TableRowRow.job_id == job_id, TableRowRow.seq > after)
                  .order_by(TableRowRow.seq).limit(limit))
+        if upto is not None:
+            query = query.where(TableRowRow.seq <= upto)
         async with self._session() as s:
             return [(seq, row) for seq, row in (await s.execute(query)).all()]
+
+    async def last_table_seq(self, job_id: str) -> int:
+        """The sequence number of the job's newest table row (0 for none)."""
+        query = select(func.coalesce(func.max(TableRowRow.seq), 0)).where(TableRowRow.job_id == job_id)
+        async with self._session() as s:
+            return (await s.execute(query)).scalar_one()
 
     async def results(self, job_id: str, after: int = 0, limit: int | None = None) -> list[Result]:
         """A job's results with sequence numbers above ``after``, in registration order.

@@ -43,6 +43,7 @@ from siasync.staging.pool import LostTask, TaskPool
 from siasync.staging.worker import BatchTask, PairOutcome, PairTask, coadd_tasks
 from siasync.uws.jobs import JobService, staging_request
 from siasync.uws.params import StagingRequest
+from siasync.uws.representations import job_path
 from storage.jobs import Job, Product, StoreFull, TableRow
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ class Scheduler:
     async def _batches(self, job: Job, request: StagingRequest, progress: Progress) -> AsyncIterator[BatchTask]:
         """The job's work, planned a chunk of fields at a time, skipping pairs already registered."""
         mode = Intersect(request.intersect)
-        root, path = str(self.service.files.root), f"/async/{job.id}/results/"
+        root, path = str(self.service.files.root), f"{job_path(job.id)}/results/"
         pending: list[PairTask] = []
         lo, step = 0, FIRST_PLAN_FIELDS
         while lo < len(request.positions):
@@ -239,9 +240,13 @@ class Scheduler:
                         else:
                             yield BatchTask(job.id, root, path, (unit,))
                     continue
+                hits = {r.id for r in records}
+                if request.ids:  # SODA: every dataset of the job, a text/plain result where the field misses it
+                    records = [self.index.by_id[i] for i in request.ids if i in self.index.by_id]
                 todo = [r for r in records if (index, r.id) not in done]
                 progress.pairs += len(records) - len(todo)
-                pending += [PairTask(index, field_, r, str(self.index.path_of(r)), request.products) for r in todo]
+                pending += [PairTask(index, field_, r, str(self.index.path_of(r)), request.products,
+                                     explain_misses=bool(request.ids), miss=r.id not in hits) for r in todo]
                 while len(pending) >= BATCH_PAIRS:
                     yield BatchTask(job.id, root, path, tuple(pending[:BATCH_PAIRS]))
                     pending = pending[BATCH_PAIRS:]
@@ -252,6 +257,9 @@ class Scheduler:
     def _plan(self, request: StagingRequest, lo: int, fields: list, intersect: Intersect) -> list[list]:
         """Per field, the matching images; or, for MODE=mosaic or stack, the products to generate (a thread's work)."""
         matches = [self.index.lookup(f, intersect, request.collections, request.bands) for f in fields]
+        if request.ids:
+            wanted = set(request.ids)
+            return [[r for r in records if r.id in wanted] for records in matches]
         if request.mode == "cutout":
             return matches
         return [coadd_tasks(lo + i, f, records, [str(self.index.path_of(r)) for r in records], request.mode,

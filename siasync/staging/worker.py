@@ -28,7 +28,7 @@ from cutout.sky import Field
 from storage.files import ResultFiles
 from storage.table import render_row
 
-EXTENSIONS = {"image/fits": "fits", "image/png": "png", "image/jpeg": "jpg"}
+EXTENSIONS = {"image/fits": "fits", "image/png": "png", "image/jpeg": "jpg", "text/plain": "txt"}
 _cache: ParentCache | None = None
 
 
@@ -43,6 +43,10 @@ class PairTask:
     path: str
     #: MIME types to write (empty for FORMAT=METADATA: a table row only)
     products: tuple[str, ...]
+    #: SODA: when the field holds no pixel of the image, a text/plain result says so (else the pair is skipped)
+    explain_misses: bool = False
+    #: the index found that the field misses the image: nothing is read
+    miss: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,8 +250,23 @@ def _write(outcome: PairOutcome, files: ResultFiles, task: BatchTask, name: str,
     return True
 
 
+def _explain_miss(outcome: PairOutcome, pair: PairTask, task: BatchTask, files: ResultFiles, reason: str) -> None:
+    """A SODA combination with no pixels: a text/plain result saying so (SODA 1.0, 6), and an empty table row that
+    marks the pair as made (the table describes images only)."""
+    name = result_name(pair.field_index, pair.record.id, "text/plain")
+    data = (f"Error: no data: the region of field {pair.field_index} (a box of {pair.field.width:.6g} x "
+            f"{pair.field.height:.6g} deg at {pair.field.ra:.6f}, {pair.field.dec:.6f}) holds no pixel of "
+            f"image {pair.record.id}: {reason}\n").encode()
+    if _write(outcome, files, task, name, data):
+        outcome.products.append((name, len(data), "text/plain"))
+        outcome.rows.append((name, ""))
+
+
 def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcome:
     outcome = PairOutcome(pair.field_index, pair.record.id)
+    if pair.miss:
+        _explain_miss(outcome, pair, task, files, "the image's footprint does not meet it")
+        return outcome
     try:
         parent = _cache.get(pair.path, pair.record.hdu, pair.record.id, pair.record.path)
         if not pair.products:  # METADATA: the header of the cutout that would be made, no pixels read
@@ -257,7 +276,10 @@ def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcom
             encoded = [(m, piece.to_fits() if m == "image/fits" else preview_bytes(piece.data, m))
                        for m in pair.products]
     except NoOverlapError as exc:
-        outcome.problem, outcome.message = "skipped", str(exc)
+        if pair.explain_misses:
+            _explain_miss(outcome, pair, task, files, str(exc))
+        else:
+            outcome.problem, outcome.message = "skipped", str(exc)
         return outcome
     except (ArchiveError, OSError, ValueError) as exc:
         outcome.problem, outcome.message = "warning", f"{pair.record.path}: skipped ({exc})"

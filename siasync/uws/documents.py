@@ -9,11 +9,15 @@ per-document lock makes concurrent misses render once.
 Results are only ever appended to a job, so each job's rendered result elements are
 kept and extended with the results registered since: a re-render reads and formats
 only the new results, not the whole list again.
+
+Each document carries a strong ETag, a digest of its bytes computed once per render,
+so a poller sending ``If-None-Match`` is answered 304 for as long as the job is unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,11 +31,24 @@ from storage.jobs import Job, JobStore
 MAX_ENTRIES = 256
 
 
+@dataclass(frozen=True)
+class Document:
+    """A rendered document and its strong ETag (quoted, as sent in the header)."""
+
+    body: bytes
+    etag: str
+
+    @classmethod
+    def of(cls, body: bytes) -> Document:
+        """The document of these bytes, its ETag their digest."""
+        return cls(body, f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"')
+
+
 @dataclass
 class _Entry:
     job: Job
     last_seq: int
-    body: bytes
+    document: Document
 
 
 @dataclass
@@ -52,13 +69,13 @@ class JobDocuments:
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._listings: OrderedDict[tuple[str, str, str], _Listing] = OrderedDict()
 
-    async def xml(self, job: Job, base: str) -> bytes:
+    async def xml(self, job: Job, base: str) -> Document:
         """The UWS XML of the job."""
         async def render() -> bytes:
             return job_xml(job, await self._results_xml(job, base), base)
         return await self._get(job, base, "xml", render)
 
-    async def json(self, job: Job, base: str) -> bytes:
+    async def json(self, job: Job, base: str) -> Document:
         """The JSON form of the job, encoded."""
         async def render() -> bytes:
             table = [result_json(job.id, TABLE_RESULT, base)] if job.start_time is not None else []
@@ -66,7 +83,7 @@ class JobDocuments:
                                                 base))
         return await self._get(job, base, "json", render)
 
-    async def results(self, job: Job, base: str) -> bytes:
+    async def results(self, job: Job, base: str) -> Document:
         """The UWS results list of the job."""
         async def render() -> bytes:
             return results_xml(await self._results_xml(job, base))
@@ -97,21 +114,21 @@ class JobDocuments:
         """Whether a rendered document shows the job as it is now: the same row and the same newest result."""
         return entry is not None and entry.last_seq == last_seq and entry.job == job
 
-    async def _get(self, job: Job, base: str, kind: str, render: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def _get(self, job: Job, base: str, kind: str, render: Callable[[], Awaitable[bytes]]) -> Document:
         key = (job.id, base, kind)
         last_seq = await self.store.last_result_seq(job.id)
         entry = self._entries.get(key)
         if self._fresh(entry, job, last_seq):
             self._entries.move_to_end(key)
-            return entry.body
+            return entry.document
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self._entries.get(key)
             if not self._fresh(entry, job, last_seq):
-                entry = _Entry(job, last_seq, await render())
+                entry = _Entry(job, last_seq, Document.of(await render()))
                 self._entries[key] = entry
                 self._entries.move_to_end(key)
                 while len(self._entries) > MAX_ENTRIES:
                     old, _ = self._entries.popitem(last=False)
                     self._locks.pop(old, None)
-        return entry.body
+        return entry.document

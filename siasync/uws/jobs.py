@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +31,7 @@ from siasync.uws.params import (
     parse_job,
     parse_time,
 )
+from siasync.uws.representations import SODA_PREFIX
 from siasync.uws.uploads import Upload, resolve
 from siasync.vocabulary import PHASES
 from storage.files import ResultFiles
@@ -110,6 +111,8 @@ class JobService:
         #: rendered job documents shared by pollers
         self.documents = JobDocuments(store)
         self.executor: Executor | None = None
+        #: the parameters of a SODA job (``/soda/async``): what it stages and its UWS settings (None: no SODA jobs)
+        self.soda: Callable[[RawParams], tuple[StagingRequest, JobControl]] | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -123,8 +126,9 @@ class JobService:
         return job
 
     async def list(self, owner: str, phases: Iterable[str] = (), after: str | None = None,
-                   last: str | None = None) -> list[Job]:
-        """The owner's jobs, newest first; ARCHIVED only when asked for."""
+                   last: str | None = None, kind: str = "sia") -> list[Job]:
+        """The owner's jobs of a kind (``sia``: ``/async``, ``soda``: ``/soda/async``), newest first;
+        ARCHIVED only when asked for."""
         wanted = [parse_choice("PHASE", p, list(PHASES)) for p in phases]
         since = parse_time("AFTER", after) if after is not None else None
         count = parse_int("LAST", last) if last is not None else None
@@ -132,7 +136,8 @@ class JobService:
             raise UsageError("LAST", f"must be a positive integer, got {last!r}")
         selected = wanted or [p for p in PHASES if p != "ARCHIVED"]
         # any count beyond the database's largest integer means every job
-        return await self.store.list(owner, selected, since, count and min(count, _LARGEST_INTEGER))
+        prefixes = {"id_prefix": SODA_PREFIX} if kind == "soda" else {"exclude_prefix": SODA_PREFIX}
+        return await self.store.list(owner, selected, since, count and min(count, _LARGEST_INTEGER), **prefixes)
 
     async def wait(self, job_id: str, owner: str, wait: str, phase: str | None = None) -> Job:
         """UWS WAIT: block while the job is active (and in ``phase``, when given)."""
@@ -165,21 +170,31 @@ class JobService:
 
     # -- changing -----------------------------------------------------------------------
 
-    async def create(self, owner: str, raw: RawParams, parts: Mapping[str, tuple[str, bytes]] | None = None) -> Job:
+    async def create(self, owner: str, raw: RawParams, parts: Mapping[str, tuple[str, bytes]] | None = None,
+                     kind: str = "sia") -> Job:
         """Validate the parameters and store a new job (queued at once with PHASE=RUN).
 
         ``parts`` are the request's multipart file parts, (content type, bytes) by name:
         the tables that UPLOAD values refer to, and an inline upload named UPLOAD.
+        ``kind`` is ``sia`` (POS and SIZE, ``/async``) or ``soda`` (ID and regions, ``/soda/async``).
         """
         parts = parts or {}
-        raw = _with_inline_upload(raw, parts)
-        uploads = await resolve([v for n, v in raw if n == "UPLOAD"], parts, self.limits.upload_urls)
-        request, control = await self._parse(raw, uploads)
+        uploads = []
+        if kind == "soda":
+            request, control = self._parse_soda(raw)
+        else:
+            raw = _with_inline_upload(raw, parts)
+            uploads = await resolve([v for n, v in raw if n == "UPLOAD"], parts, self.limits.upload_urls)
+            request, control = await self._parse(raw, uploads)
         if control.run:  # refused before anything is stored
             await self._check_owner_limits(owner, len(request.positions))
         info = await self._sizes(request)
+        # to the millisecond, as shown: AFTER compares with the times clients have seen, so a job created
+        # 0.4 ms after the instant a client pages from is not "after" it
         now = datetime.now(UTC)
-        job = Job(id=secrets.token_hex(8), owner=owner, run_id=control.run_id,
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        job = Job(id=(SODA_PREFIX if kind == "soda" else "") + secrets.token_hex(8), owner=owner,
+                  run_id=control.run_id,
                   phase="QUEUED" if control.run else "PENDING",
                   creation_time=now, start_time=None, end_time=None,
                   execution_duration=control.execution_duration, destruction=control.destruction, quote=None,
@@ -264,6 +279,12 @@ class JobService:
         if job.phase not in RUNNABLE:
             raise PermissionDenied(f"cannot change the parameters of job {job_id} in phase {job.phase}")
         parts = parts or {}
+        if job_id.startswith(SODA_PREFIX):  # a SODA job's values replace those of the names given
+            names = {name for name, _ in raw}
+            merged = [tuple(p) for p in job.parameters if p[0] not in names] + list(raw)
+            request, control = self._parse_soda(merged)
+            await self._update_parameters(job, merged, names, request, control)
+            return
         raw = _with_inline_upload(raw, parts)
         names = {name for name, _ in raw}
         merged = [tuple(p) for p in job.parameters if p[0] not in names] + list(raw)
@@ -274,16 +295,26 @@ class JobService:
             uploads = await resolve([f"{n},param:{n}" for n in (v.partition(",")[0].strip() for k, v in merged
                                                                    if k == "UPLOAD")], stored, ())
         request, control = await self._parse(merged, uploads)
+        await self._update_parameters(job, merged, names, request, control)
+        if "UPLOAD" in names:
+            await self.store.replace_uploads(job_id, [u.as_row() for u in uploads])
+
+    async def _update_parameters(self, job: Job, merged: RawParams, names: set[str], request: StagingRequest,
+                                 control: JobControl) -> None:
+        """Store a PENDING job's new parameters, spec and settings (those of ``names`` that were given)."""
         info = {**job.info, **await self._sizes(request)}
         updated = await self.store.update(
-            job_id, in_phases=RUNNABLE, parameters=[list(p) for p in merged], spec=request.to_spec(),
+            job.id, in_phases=RUNNABLE, parameters=[list(p) for p in merged], spec=request.to_spec(),
             run_id=control.run_id, start_after=control.start, info=info,
             **({"destruction": control.destruction} if "DESTRUCTION" in names else {}),
             **({"execution_duration": control.execution_duration} if "EXECUTIONDURATION" in names else {}))
         if not updated:
-            raise PermissionDenied(f"job {job_id} left phase PENDING")
-        if "UPLOAD" in names:
-            await self.store.replace_uploads(job_id, [u.as_row() for u in uploads])
+            raise PermissionDenied(f"job {job.id} left phase PENDING")
+
+    def _parse_soda(self, raw: RawParams) -> tuple[StagingRequest, JobControl]:
+        if self.soda is None:
+            raise NotFound("this service stages no SODA jobs")
+        return self.soda(raw)
 
     async def _parse(self, raw: RawParams, uploads: list[Upload]) -> tuple[StagingRequest, JobControl]:
         """`parse_job`, off the event loop when there are tables to read."""
@@ -393,6 +424,8 @@ def estimate_cost(index: ArchiveIndex, request: StagingRequest, sample: int = 16
     n = len(request.positions)
     if n == 0:
         return 0
+    if request.ids:  # SODA: every combination of a region and a dataset is a result
+        return n * len(request.ids)
     picked = range(n) if n <= sample else [round(i * (n - 1) / (sample - 1)) for i in range(sample)]
     mode = Intersect(request.intersect)
     matches = sum(len(index.lookup(request.field(i), mode, request.collections, request.bands)) for i in picked)

@@ -64,9 +64,9 @@ class StagingRequest:
     intersect: str = Intersect.OVERLAPS.value
     collections: tuple[str, ...] = ()
     bands: tuple[str, ...] = ()
-    #: each field's own (square) size from an upload's size column, None where it has none;
-    #: empty when no field has one
-    sizes: tuple[float | None, ...] = ()
+    #: each field's own size: a square's side from an upload's size column, or (width, height) of a
+    #: SODA region's box; None where it has none; empty when no field has one
+    sizes: tuple[float | tuple[float, float] | None, ...] = ()
     #: ``cutout`` (pixels copied), ``mosaic`` (one co-add per band) or ``stack`` (every band, one grid)
     mode: str = "cutout"
     #: the output grid of a mosaic or stack, as requested
@@ -75,18 +75,25 @@ class StagingRequest:
     combine: str = "mean"
     #: whether a mosaic matches the images' backgrounds
     match_background: bool = False
+    #: SODA: the datasets (image ids) every field is cut from, each (field, image) combination one
+    #: result, a text/plain explanation where they do not overlap; empty: the images the lookup finds
+    ids: tuple[str, ...] = ()
+
+    def _extent(self, own: float | tuple[float, float] | None) -> tuple[float, float]:
+        if own is None:
+            return self.size
+        return (own, own) if isinstance(own, (int, float)) else (own[0], own[1])
 
     def fields(self, start: int = 0, stop: int | None = None) -> list[Field]:
         """One `Field` per position (from ``start`` to ``stop``), each with its size."""
         if not self.sizes:
             return [Field(ra, dec, *self.size) for ra, dec in self.positions[start:stop]]
-        return [Field(ra, dec, *((s, s) if s is not None else self.size))
+        return [Field(ra, dec, *self._extent(s))
                 for (ra, dec), s in zip(self.positions[start:stop], self.sizes[start:stop], strict=True)]
 
     def field(self, index: int) -> Field:
         """The field of position ``index``."""
-        own = self.sizes[index] if self.sizes else None
-        return Field(*self.positions[index], *((own, own) if own is not None else self.size))
+        return Field(*self.positions[index], *self._extent(self.sizes[index] if self.sizes else None))
 
     @property
     def products(self) -> tuple[str, ...]:
@@ -103,14 +110,16 @@ class StagingRequest:
         return {"positions": [list(p) for p in self.positions], "size": self.size and list(self.size),
                 "format": self.format, "intersect": self.intersect, "collections": list(self.collections),
                 "bands": list(self.bands), "sizes": list(self.sizes), "mode": self.mode,
-                "grid": self.grid.to_spec(), "combine": self.combine, "match_background": self.match_background}
+                "grid": self.grid.to_spec(), "combine": self.combine, "match_background": self.match_background,
+                **({"ids": list(self.ids)} if self.ids else {})}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> StagingRequest:
         """Inverse of `to_spec` (specs stored before mosaics are cutout requests)."""
         return cls(positions=tuple(map(tuple, spec["positions"])), size=spec["size"] and tuple(spec["size"]),
                    format=spec["format"], intersect=spec["intersect"], collections=tuple(spec["collections"]),
-                   bands=tuple(spec["bands"]), sizes=tuple(spec.get("sizes", ())), mode=spec.get("mode", "cutout"),
+                   bands=tuple(spec["bands"]), mode=spec.get("mode", "cutout"), ids=tuple(spec.get("ids", ())),
+                   sizes=tuple(tuple(s) if isinstance(s, list) else s for s in spec.get("sizes", ())),
                    grid=GridSpec.from_spec(spec["grid"]) if "grid" in spec else GridSpec(),
                    combine=spec.get("combine", "mean"), match_background=spec.get("match_background", False))
 
@@ -169,7 +178,12 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None,
         bands=parse_members("BAND", values.get("BAND", []), limits.bands),
         **parse_generation(one, limits, {(s, s) for s in sizes if s is not None} | ({size} if size else set())),
     )
-    control = JobControl(
+    return request, parse_control(one, limits, now)
+
+
+def parse_control(one: Mapping[str, str], limits: Limits, now: datetime) -> JobControl:
+    """The UWS settings of a new job: RUNID, EXECUTIONDURATION, DESTRUCTION, START and PHASE=RUN."""
+    return JobControl(
         run_id=parse_run_id(one["RUNID"]) if "RUNID" in one else None,
         execution_duration=clamp_duration(parse_int("EXECUTIONDURATION", one["EXECUTIONDURATION"])
                                           if "EXECUTIONDURATION" in one else limits.execution_default_s, limits),
@@ -178,7 +192,6 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None,
         start=parse_time("START", one["START"]) if "START" in one else None,
         run=parse_phase_on_create(one["PHASE"]) if "PHASE" in one else False,
     )
-    return request, control
 
 
 def grouped(raw: RawParams, single: tuple[str, ...]) -> tuple[dict[str, list[str]], dict[str, str]]:

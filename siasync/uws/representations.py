@@ -8,6 +8,7 @@ from xml.etree import ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
 from cutout.index import ArchiveIndex
+from siasync.auth import ANONYMOUS
 from storage.jobs import Job, Result
 from storage.table import MIME as TABLE_MIME
 
@@ -42,9 +43,23 @@ def _document(root: ET.Element) -> bytes:
     return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 
+def owner_id(job: Job) -> str | None:
+    """The job's ownerId: None (nil) when nobody was authenticated."""
+    return None if job.owner == ANONYMOUS else job.owner
+
+
+#: the id prefix of SODA jobs: the kind of a job is part of its id
+SODA_PREFIX = "soda-"
+
+
+def job_path(job_id: str) -> str:
+    """The URL path of a job: under ``/soda/async`` for a SODA job, ``/async`` for the others."""
+    return f"/soda/async/{job_id}" if job_id.startswith(SODA_PREFIX) else f"/async/{job_id}"
+
+
 def job_url(base: str, job_id: str) -> str:
     """Absolute URL of a job."""
-    return f"{base}/async/{job_id}"
+    return base + job_path(job_id)
 
 
 def result_url(base: str, job_id: str, result_id: str) -> str:
@@ -60,7 +75,7 @@ def jobs_xml(jobs: list[Job], base: str) -> bytes:
         _el(ref, "phase", job.phase)
         if job.run_id is not None:
             _el(ref, "runId", job.run_id)
-        _el(ref, "ownerId", job.owner)
+        _el(ref, "ownerId", job.owner, nil=job.owner == ANONYMOUS)
         _el(ref, "creationTime", iso(job.creation_time))
     return _document(root)
 
@@ -94,7 +109,7 @@ def result_json(job_id: str, r: Result, base: str) -> dict[str, Any]:
 
 def upload_url(base: str, job_id: str, value: str) -> str:
     """Where the table of an UPLOAD value (``name,URI``) can be read back from this service."""
-    return f"{base}/async/{job_id}/parameters/{value.partition(',')[0].strip()}"
+    return f"{job_url(base, job_id)}/parameters/{value.partition(',')[0].strip()}"
 
 
 def _fill_parameters(container: ET.Element, job: Job, base: str) -> ET.Element:
@@ -113,7 +128,7 @@ def job_xml(job: Job, results: str, base: str) -> bytes:
     _el(root, "jobId", job.id)
     if job.run_id is not None:
         _el(root, "runId", job.run_id)
-    _el(root, "ownerId", job.owner)
+    _el(root, "ownerId", job.owner, nil=job.owner == ANONYMOUS)
     _el(root, "phase", job.phase)
     _el(root, "quote", iso(job.quote), nil=job.quote is None)
     _el(root, "creationTime", iso(job.creation_time))
@@ -162,7 +177,7 @@ def job_info(job: Job) -> dict[str, Any]:
 def job_json(job: Job, results: list[dict[str, Any]], base: str) -> dict[str, Any]:
     """The job as JSON (same content as the XML); ``results`` are its `result_json` items."""
     return {
-        "jobId": job.id, "runId": job.run_id, "ownerId": job.owner, "phase": job.phase,
+        "jobId": job.id, "runId": job.run_id, "ownerId": owner_id(job), "phase": job.phase,
         "quote": iso(job.quote) or None, "creationTime": iso(job.creation_time),
         "startTime": iso(job.start_time) or None, "endTime": iso(job.end_time) or None,
         "executionDuration": job.execution_duration, "destruction": iso(job.destruction),
@@ -177,4 +192,4 @@ def job_json(job: Job, results: list[dict[str, Any]], base: str) -> dict[str, An
 def jobs_json(jobs: list[Job], base: str) -> list[dict[str, Any]]:
     """The job list as JSON."""
     return [{"jobId": j.id, "href": job_url(base, j.id), "phase": j.phase, "runId": j.run_id,
-             "ownerId": j.owner, "creationTime": iso(j.creation_time)} for j in jobs]
+             "ownerId": owner_id(j), "creationTime": iso(j.creation_time)} for j in jobs]

@@ -293,9 +293,11 @@ class SiaService:
         Most rows of one query.
     """
 
-    def __init__(self, index: ArchiveIndex, limits: Limits, concurrency: int, max_records: int) -> None:
+    def __init__(self, index: ArchiveIndex, limits: Limits, concurrency: int, max_records: int,
+                 slots: asyncio.Semaphore | None = None) -> None:
         self.index, self.limits, self.max_records = index, limits, max_records
-        self._slots = asyncio.Semaphore(concurrency)
+        #: the requests reading the archive at once (``slots``: shared with other services, else ``concurrency``)
+        self._slots = slots or asyncio.Semaphore(concurrency)
 
     async def query(self, raw: RawParams, base: str) -> str:
         """The VOTable answering a query; a malformed one gets QUERY_STATUS ERROR naming the parameter."""

@@ -2,7 +2,8 @@
 
 ``/capabilities`` (VOSICapabilities 1.0, with VOResource 1.1, VODataService 1.1 and the
 SIA 1.1 registry extension) lists the SIAP 1.0 query at ``/sia``, the UWS 1.1 job list at
-``/async``, and these two VOSI endpoints. ``/availability`` (VOSIAvailability 1.0) says
+``/async``, SIA 2.0 at ``/sia2/query``, DataLink at ``/datalink``, SODA at ``/soda/sync``
+and ``/soda/async``, and these two VOSI endpoints. ``/availability`` (VOSIAvailability 1.0) says
 whether the archive can be read, and since when the service is up.
 """
 
@@ -36,7 +37,43 @@ _NAMESPACES = {
 }
 _AVAILABILITY = "http://www.ivoa.net/xml/VOSIAvailability/v1.0"
 #: VODataService's simple data types of the VOTable types of input parameters
-_DATA_TYPES = {"char": ("string", ' arraysize="*"'), "int": ("integer", "")}
+_DATA_TYPES = {"char": ("string", ' arraysize="*"'), "int": ("integer", ""), "double": ("real", ' arraysize="*"')}
+SIA2_STANDARD = "ivo://ivoa.net/std/SIA#query-2.0"
+DATALINK_STANDARD = "ivo://ivoa.net/std/DataLink#links-1.1"
+SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync-1.0"
+SODA_ASYNC_STANDARD = "ivo://ivoa.net/std/SODA#async-1.0"
+_DATALINK_MIME = "application/x-votable+xml;content=datalink"
+#: the input parameters of SIA 2.0, DataLink and SODA, as capabilities declare them
+SIA2_PARAMS = (
+    InputParam("POS", "char", "CIRCLE lon lat r, RANGE lon1 lon2 lat1 lat2 or POLYGON lon1 lat1 ... (ICRS deg)",
+               "deg", "pos.outline;obs"),
+    InputParam("BAND", "double", "wavelength interval", "m", "em.wl;stat.interval"),
+    InputParam("TIME", "double", "time interval (MJD)", "d", "time.interval;obs.exposure"),
+    InputParam("POL", "char", "polarization states", None, "meta.code;phys.polarization"),
+    InputParam("FOV", "double", "field of view (diameter) interval", "deg", "phys.angSize;instr.fov"),
+    InputParam("SPATRES", "double", "spatial resolution interval", "arcsec", "pos.angResolution"),
+    InputParam("EXPTIME", "double", "exposure time interval", "s", "time.duration;obs.exposure"),
+    InputParam("ID", "char", "publisher dataset identifiers", None, "meta.ref.ivoid"),
+    InputParam("COLLECTION", "char", "collections", None, "meta.id"),
+    InputParam("FACILITY", "char", "facilities", None, "meta.id;instr.tel"),
+    InputParam("INSTRUMENT", "char", "instruments", None, "meta.id;instr"),
+    InputParam("DPTYPE", "char", "data product types", None, "meta.code.class"),
+    InputParam("CALIB", "int", "calibration levels", None, "meta.code;obs.calib"),
+    InputParam("TARGET", "char", "target names", None, "meta.id;src"),
+    InputParam("FORMAT", "char", "access formats", None, "meta.code.mime"),
+    InputParam("MAXREC", "int", "most rows of the answer"),
+)
+DATALINK_PARAMS = (InputParam("ID", "char", "datasets: publisher DIDs or image ids", None, "meta.id;meta.main",
+                              required=True),)
+SODA_PARAMS = (
+    InputParam("ID", "char", "the dataset: a publisher DID or an image id", None, "meta.ref.url;meta.curation",
+               required=True),
+    InputParam("POS", "char", "a region: CIRCLE, RANGE or POLYGON (ICRS deg)", "deg", "pos.outline;obs"),
+    InputParam("CIRCLE", "double", "a circle: lon lat radius", "deg", "pos.outline;obs"),
+    InputParam("POLYGON", "double", "a polygon: lon1 lat1 lon2 lat2 ...", "deg", "pos.outline;obs"),
+    InputParam("BAND", "double", "wavelength interval", "m", "em.wl;stat.interval"),
+    InputParam("TIME", "double", "time interval (MJD)", "d", "time.interval;obs.exposure"),
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +160,24 @@ def capabilities_xml(base: str, sia: SiaLimits, params: Sequence[InputParam]) ->
             f'<capability standardID="{UWS_STANDARD}">\n'
             "<description>UWS 1.1 job list: asynchronous image staging for any number of fields</description>\n"
             + _interface(base + "/async", "base", version="1.1", methods=("GET", "POST")) + "</capability>\n"
+            f'<capability standardID="{SIA2_STANDARD}">\n'
+            "<description>SIA 2.0 query of the archive: one ObsCore row per image, its access_url a DataLink "
+            "document</description>\n"
+            + _interface(base + "/sia2/query", "full", SIA2_PARAMS, VOTABLE, "2.0", ("GET", "POST"))
+            + "</capability>\n"
+            f'<capability standardID="{DATALINK_STANDARD}">\n'
+            "<description>DataLink links of each image: its file, a preview, SODA cutouts</description>\n"
+            + _interface(base + "/datalink", "full", DATALINK_PARAMS, _DATALINK_MIME, "1.1", ("GET", "POST"))
+            + "</capability>\n"
+            f'<capability standardID="{SODA_SYNC_STANDARD}">\n'
+            "<description>SODA cutouts, one at once</description>\n"
+            + _interface(base + "/soda/sync", "full", SODA_PARAMS, "application/fits", "1.0", ("GET", "POST"))
+            + "</capability>\n"
+            f'<capability standardID="{SODA_ASYNC_STANDARD}">\n'
+            "<description>SODA cutouts of many regions and datasets as one UWS job, staged progressively"
+            "</description>\n"
+            + _interface(base + "/soda/async", "full", SODA_PARAMS, version="1.0", methods=("GET", "POST"))
+            + "</capability>\n"
             f'<capability standardID="{VOSI_CAPABILITIES}">\n'
             + _interface(base + "/capabilities", "full", result_type="application/xml") + "</capability>\n"
             f'<capability standardID="{VOSI_AVAILABILITY}">\n'

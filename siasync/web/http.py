@@ -86,9 +86,25 @@ def text(body: str, status: int = 200) -> Response:
     return Response(body, media_type=TEXT, status_code=status)
 
 
-def see_other(path: str) -> Redirect:
-    """A 303 redirect."""
-    return Redirect(path, status_code=303)
+def see_other(request: Request, public_url: str | None, path: str) -> Redirect:
+    """A 303 redirect to ``path`` under the service's base, as an absolute URL (as every link the service gives)."""
+    return Redirect(base_url(request, public_url) + path, status_code=303)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, RFC 9110 13.1.2), or is ``*``."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
+
+
+def conditional(request: Request, body: bytes, etag: str, media_type: str, vary: str | None = None) -> Response:
+    """``body`` with its ETag, or 304 Not Modified when the request's ``If-None-Match`` names it."""
+    headers = {"ETag": etag, **({"Vary": vary} if vary else {})}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(b"", status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 def represent(request: Request, xml: bytes, json: Any, template: str, context: dict[str, Any]) -> Response:

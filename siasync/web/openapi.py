@@ -35,9 +35,12 @@ _STRING = Schema(type=OpenAPIType.STRING)
 _ERRORS = {400: "UsageError: PARAM: what is wrong (a malformed or out-of-range parameter)",
            401: "AuthenticationError: no valid credentials (with a WWW-Authenticate challenge)",
            403: "PermissionDenied: another owner's job, or a change its phase does not allow",
-           404: "NotFound: no such job, result or image", 413: "UsageError: request body: larger than the limit",
+           404: "NotFound: no such job, result or image (UsageError: ID: for an unknown SODA dataset)",
+           413: "UsageError: request body: larger than the limit",
            416: "UsageError: Range: the byte range is not within the file",
            503: "ServiceUnavailable: an archive image cannot be read now"}
+#: a DALI error VOTable (QUERY_STATUS ERROR), the error answer of SIA 2.0 and DataLink
+VOTABLE_ERROR = "a VOTable whose QUERY_STATUS INFO is ERROR, with the message"
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,33 @@ SIA = (POS, SIZE, INTERSECT, Param("FORMAT", "formats of the products, comma-sep
        Param("VERB", "columns: 0 the required ones to 3 all", _choices("0123"), "1"), COLLECTION, BAND)
 CUTOUT = (Param("ID", "the archive image id of a /sia row (several, with MODE=mosaic or stack)", example="demo",
                 repeat=True), POS, SIZE, FORMAT, COLLECTION, BAND, *GENERATION)
+_INTERVAL = "an interval 'lo hi' or one value, -Inf and +Inf for open ends"
+SIA2 = (Param("POS", "CIRCLE lon lat r, RANGE lon1 lon2 lat1 lat2 or POLYGON lon1 lat1 lon2 lat2 ... (ICRS deg)",
+              example="CIRCLE 150.1 2.2 0.05", repeat=True),
+        *(Param(name, f"{what}: {_INTERVAL}", repeat=True, example=example) for name, what, example in (
+            ("BAND", "wavelength in metres", "6e-7 7e-7"), ("TIME", "MJD", "55000 60000"),
+            ("FOV", "field of view (diameter) in degrees", "0.1 1"), ("SPATRES", "resolution in arcsec", "0 2"),
+            ("EXPTIME", "exposure in seconds", "0 +Inf"), ("TIMERES", "time resolution in seconds", "0 +Inf"),
+            ("SPECRP", "spectral resolving power", "1 +Inf"))),
+        Param("POL", "polarization states", repeat=True), Param("ID", "publisher DIDs (obs_publisher_did)",
+                                                                repeat=True),
+        *(Param(name, f"{name.lower()} names, exact", repeat=True) for name in
+          ("COLLECTION", "FACILITY", "INSTRUMENT", "TARGET")),
+        Param("DPTYPE", "data product types", _choices(["image", "cube"]), "image", repeat=True),
+        Param("CALIB", "calibration levels", Schema(type=OpenAPIType.INTEGER, minimum=0), "2", repeat=True),
+        Param("FORMAT", "access formats (MIME types)", repeat=True),
+        Param("MAXREC", "most rows of the answer", Schema(type=OpenAPIType.INTEGER, minimum=0), "100"),
+        Param("RESPONSEFORMAT", "votable (the only format)", example="votable"))
+DATALINK = (Param("ID", "datasets: publisher DIDs or image ids", repeat=True),
+            Param("RESPONSEFORMAT", "votable (the only format)", example="votable"))
+#: SODA's parameters; async jobs also take the UWS settings of /async
+SODA = (Param("ID", "the dataset: a publisher DID or an image id", repeat=True),
+        Param("POS", "CIRCLE lon lat r, RANGE lon1 lon2 lat1 lat2 or POLYGON lon1 lat1 ... (ICRS deg)",
+              example="CIRCLE 150.1 2.2 0.01", repeat=True),
+        Param("CIRCLE", "lon lat radius (ICRS deg)", example="150.1 2.2 0.01", repeat=True),
+        Param("POLYGON", "lon1 lat1 lon2 lat2 ... (ICRS deg)", repeat=True),
+        Param("BAND", f"wavelength in metres: {_INTERVAL}"), Param("TIME", f"MJD: {_INTERVAL}"),
+        Param("RESPONSEFORMAT", "application/fits (the only format)", example="application/fits"))
 JOB_LIST = (Param("PHASE", "only jobs in these phases", _choices(PHASES), "COMPLETED", repeat=True),
             Param("AFTER", "only jobs created after this instant (ISO 8601)", _INSTANT),
             Param("LAST", "only the newest N jobs", Schema(type=OpenAPIType.INTEGER, minimum=1), "10"))
@@ -128,7 +158,8 @@ DOWNLOAD = tuple(Param(name, text, where=ParamType.HEADER) for name, text in (
 
 
 def documented(*params: Param, body: bool = False, answers: Iterable[str] = (TEXT,),
-               errors: Iterable[int] = (400, 401, 404), file: bool = False) -> type[Operation]:
+               errors: Iterable[int] = (400, 401, 404), file: bool = False,
+               usage_errors: str = TEXT) -> type[Operation]:
     """An `Operation` class declaring a route's parameters, answer media types and error answers.
 
     Parameters
@@ -142,6 +173,8 @@ def documented(*params: Param, body: bool = False, answers: Iterable[str] = (TEX
         Error statuses the route answers, each ``text/plain``.
     file : bool
         Whether the multipart body may carry an UPLOAD file part.
+    usage_errors : str
+        The media type of a 400 answer: text/plain, or a VOTable (`VOTABLE_ERROR`) for DALI queries.
     """
     answers, statuses = tuple(answers), sorted(set(errors))
 
@@ -160,6 +193,10 @@ def documented(*params: Param, body: bool = False, answers: Iterable[str] = (TEX
             for response in responses.values():
                 response.content = {t: OpenAPIMediaType(schema=_STRING) for t in answers} or None
             for status in statuses:
+                if status == 400 and usage_errors != TEXT:
+                    responses["400"] = OpenAPIResponse(description=VOTABLE_ERROR, content={
+                        usage_errors: OpenAPIMediaType(schema=_STRING)})
+                    continue
                 responses[str(status)] = OpenAPIResponse(description=_ERRORS[status], content={
                     TEXT: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, pattern=r"^[A-Za-z]+: \S"))})
             self.responses = responses

@@ -69,7 +69,8 @@ def submit(server: Server, **data: object) -> str:
     """POST /async with these parameters; return the new job's URL."""
     response = httpx.post(server.url + "/async", data=data, follow_redirects=False, timeout=30)
     assert response.status_code == 303, response.text
-    return server.url + response.headers["location"]
+    assert response.headers["location"].startswith(server.url + "/async/")  # an absolute URL
+    return response.headers["location"]
 
 
 def assert_each_pair_once(final, archive: Path, positions: list[tuple[float, float]], size: float,

@@ -61,7 +61,7 @@ def test_phase_table(client, start: str, value: str, status: int, after: str | N
     response = client.post(f"/async/{job_id}/phase", data={"PHASE": value}, follow_redirects=False)
     assert response.status_code == status, response.text
     if status == 303:
-        assert response.headers["location"] == f"/async/{job_id}"
+        assert response.headers["location"] == f"http://testserver.local/async/{job_id}"
     else:
         assert response.text.startswith("PermissionDenied: " if status == 403 else "UsageError: PHASE:")
     if after is None:
@@ -91,7 +91,7 @@ def test_destroying_a_job_forgets_it_and_its_files(client, how: str) -> None:
         response = client.delete(f"/async/{job_id}", follow_redirects=False)
     else:
         response = client.post(f"/async/{job_id}", data={"ACTION": "DELETE"}, follow_redirects=False)
-    assert response.status_code == 303 and response.headers["location"] == "/async"
+    assert response.status_code == 303 and response.headers["location"] == "http://testserver.local/async"
     assert not files.exists()
     for child in ("", "/phase", "/results", "/parameters", "/destruction", "/error", "/quote", "/owner"):
         assert client.get(f"/async/{job_id}{child}").status_code == 404

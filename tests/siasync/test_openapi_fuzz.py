@@ -11,6 +11,7 @@ message`` text.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -33,13 +34,20 @@ OPERATIONS = sorted((method.upper(), path) for path, item in create_app(Settings
     "paths"].items() for method in item)
 EXAMPLES = 12  # per operation; every case makes one request (and a second when a PENDING job must be made again)
 _MESSAGE = re.compile(r"^[A-Za-z]+: \S")
+_STATUS = re.compile(r'<INFO name="QUERY_STATUS" value="ERROR">([^<]*)</INFO>')
 
 
 def error_has_a_message(ctx: Any, response: Any, case: Any) -> None:
-    """A 4xx answer is ``Name: message`` in text/plain."""
+    """A 4xx answer is ``Name: message`` in text/plain, or from a DALI query (SIA 2.0, DataLink) an error VOTable
+    whose QUERY_STATUS ERROR says ``Fault: message``."""
     if 400 <= response.status_code < 500:
         text = response.content.decode("utf-8", "replace")
-        assert response.headers.get("content-type", [""])[0].startswith("text/plain"), response.headers
+        content_type = response.headers.get("content-type", [""])[0]
+        if content_type.startswith("application/x-votable+xml"):
+            status = _STATUS.search(text)
+            assert status and _MESSAGE.match(html.unescape(status.group(1))), text[:500]
+            return
+        assert content_type.startswith("text/plain"), response.headers
         assert _MESSAGE.match(text), f"{response.status_code} without a message: {text[:200]!r}"
 
 

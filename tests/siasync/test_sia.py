@@ -367,6 +367,10 @@ def test_capabilities_are_valid_and_pyvo_reads_them(client: TestClient, demo_ind
     capabilities = parse_capabilities(io.BytesIO(response.content))
     urls = {c.standardid: c.interfaces[0].accessurls[0].content for c in capabilities}
     assert urls == {"ivo://ivoa.net/std/SIA": f"{BASE}/sia", "ivo://ivoa.net/std/UWS#rest-1.1": f"{BASE}/async",
+                    "ivo://ivoa.net/std/SIA#query-2.0": f"{BASE}/sia2/query",
+                    "ivo://ivoa.net/std/DataLink#links-1.1": f"{BASE}/datalink",
+                    "ivo://ivoa.net/std/SODA#sync-1.0": f"{BASE}/soda/sync",
+                    "ivo://ivoa.net/std/SODA#async-1.0": f"{BASE}/soda/async",
                     "ivo://ivoa.net/std/VOSI#capabilities": f"{BASE}/capabilities",
                     "ivo://ivoa.net/std/VOSI#availability": f"{BASE}/availability"}
     assert capabilities[0].interfaces[0].resulttype.content == "text/xml;content=x-votable"

@@ -6,6 +6,7 @@ import http.server
 import io
 import threading
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -138,7 +139,7 @@ def test_an_uploaded_table_makes_the_fields_after_the_pos_values(client) -> None
     doc = client.get(job_url, headers={"Accept": "application/json"}).json()
     assert doc["jobInfo"]["fields_total"] == 3
     upload = [p for p in doc["parameters"] if p["id"] == "upload"]
-    assert upload == [{"id": "upload", "value": f"http://testserver.local{job_url}/parameters/fields",
+    assert upload == [{"id": "upload", "value": f"{job_url}/parameters/fields",
                        "byReference": True}]
     # the parameters list is valid UWS and shows the table by reference; it reads back as sent
     root = assert_valid(uws_schema(), client.get(job_url + "/parameters").content)
@@ -232,7 +233,7 @@ def test_the_html_form_posts_an_upload_and_ignores_an_empty_file_input(client) -
                             files={"UPLOAD": ("mine.csv", b"ra,dec\n150.1,2.2\n", "text/csv")}, follow_redirects=False)
     assert with_file.status_code == 303, with_file.text
     job_page = client.get(with_file.headers["location"], headers={"Accept": "text/html"}).text
-    assert f'href="{with_file.headers["location"]}/parameters/upload"' in job_page
+    assert f'href="{urlsplit(with_file.headers["location"]).path}/parameters/upload"' in job_page
     without = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01"},
                           files={"UPLOAD": ("", b"", "application/octet-stream")}, follow_redirects=False)
     assert without.status_code == 303, without.text

@@ -103,7 +103,7 @@ def test_times_are_utc_iso_with_z_and_atomic_children_are_text(client) -> None:
         assert response.text.endswith("Z") and datetime.fromisoformat(response.text).tzinfo is not None
     assert client.get(f"/async/{job_id}/executionduration").text == str(12 * 3600)
     assert client.get(f"/async/{job_id}/quote").text == ""
-    assert client.get(f"/async/{job_id}/owner").text == "anonymous"
+    assert client.get(f"/async/{job_id}/owner").text == ""  # nobody is authenticated: no owner
     assert client.get(f"/async/{job_id}/error").text == ""
     assert client.get(f"/async/{job_id}/nosuchchild").status_code == 404
 
