@@ -52,7 +52,8 @@ class Field:
     ra, dec : float
         Centre (POS), ICRS degrees.
     width, height : float
-        SIZE along east and north on the tangent plane at the centre, degrees.
+        SIZE along east and north on the tangent plane at the centre, degrees; both 0 for a
+        point (SIAP 1.0 SIZE=0, see `is_point`).
     """
 
     ra: float
@@ -68,9 +69,16 @@ class Field:
             raise FieldError(f"RA must be in [0, 360), got {self.ra}")
         if not -90.0 <= self.dec <= 90.0:
             raise FieldError(f"Dec must be in [-90, 90], got {self.dec}")
+        if self.width == 0.0 and self.height == 0.0:
+            return  # a point (SIAP 1.0 SIZE=0): the images that contain it
         for name, value in (("width", self.width), ("height", self.height)):
             if not 0.0 < value <= MAX_FIELD_DEG:
                 raise FieldError(f"{name} must be in (0, {MAX_FIELD_DEG}] deg, got {value}")
+
+    @property
+    def is_point(self) -> bool:
+        """Whether the field is a point (SIAP 1.0 SIZE=0): it selects the images that contain it, whole."""
+        return self.width == 0.0 and self.height == 0.0
 
     @classmethod
     def from_sky(cls, position: SkyCoord, size: u.Quantity) -> Field:
