@@ -44,6 +44,8 @@ class Geometry:
         self._icrs = isinstance(self.frame, ICRS)
         self._lng, self._lat = wcs.wcs.lng, wcs.wcs.lat
         self._lock = threading.Lock()
+        self._scales: np.ndarray | None = None
+        self._cd: np.ndarray | None = None
 
     # -- positions ------------------------------------------------------------------------
 
@@ -73,7 +75,15 @@ class Geometry:
 
     def scales(self) -> np.ndarray:
         """Pixel scale along each axis, degrees (at the reference point)."""
-        return proj_plane_pixel_scales(self.wcs)
+        if self._scales is None:
+            self._scales = proj_plane_pixel_scales(self.wcs)
+        return self._scales
+
+    def cd(self) -> np.ndarray:
+        """The linear transformation matrix (CD: PC times CDELT), degrees per pixel, (2, 2)."""
+        if self._cd is None:
+            self._cd = np.array(self.wcs.pixel_scale_matrix)
+        return self._cd
 
     # -- fields ---------------------------------------------------------------------------
 

@@ -84,7 +84,8 @@ def param_element(param: InputParam) -> str:
 
 
 def results_document(columns: Sequence[Column], rows: Iterable[str], description: str, status: str = "OK",
-                     message: str = "", params: Sequence[InputParam] = ()) -> str:
+                     message: str = "", params: Sequence[InputParam] = (),
+                     notes: Sequence[tuple[str, str, str]] = ()) -> str:
     """A complete SIAP 1.0 response: QUERY_STATUS, optional input PARAMs, the FIELDs, and the rows.
 
     Parameters
@@ -98,11 +99,14 @@ def results_document(columns: Sequence[Column], rows: Iterable[str], description
         ``OK`` or ``OVERFLOW`` (the rows stop at the service's limit); ``message`` says why.
     params : sequence of InputParam
         Described as ``INPUT:`` PARAMs (the metadata query).
+    notes : sequence of (name, value, text)
+        More INFO elements, e.g. an image left out of the rows and why.
     """
     info = (f'<INFO name="QUERY_STATUS" value={quoteattr(status)}>{escape(message)}</INFO>\n' if message
             else f'<INFO name="QUERY_STATUS" value={quoteattr(status)}/>\n')
     return (_HEAD + f"<DESCRIPTION>{escape(description)}</DESCRIPTION>\n" + info
             + '<INFO name="SERVICE_PROTOCOL" value="1.0">SIAP</INFO>\n'
+            + "".join(f"<INFO name={quoteattr(n)} value={quoteattr(v)}>{escape(t)}</INFO>\n" for n, v, t in notes)
             + "".join(param_element(p) for p in params)
             + "<TABLE>\n" + "".join(field_element(c) for c in columns) + "<DATA><TABLEDATA>\n"
             + "".join(select_cells(row, columns) for row in rows)
