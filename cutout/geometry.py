@@ -16,7 +16,8 @@ import threading
 import warnings
 
 import numpy as np
-from astropy.coordinates import ICRS, SkyCoord
+from astropy.coordinates import ICRS, BarycentricMeanEcliptic, SkyCoord, Supergalactic
+from astropy.time import Time
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales, wcs_to_celestial_frame
@@ -38,9 +39,7 @@ class Geometry:
         self.wcs = wcs
         self.shape = shape
         self.name = name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AstropyWarning)
-            self.frame = wcs_to_celestial_frame(wcs)
+        self.frame = celestial_frame(wcs)
         self._icrs = isinstance(self.frame, ICRS)
         self._lng, self._lat = wcs.wcs.lng, wcs.wcs.lat
         self._lock = threading.Lock()
@@ -154,6 +153,33 @@ class Geometry:
         if finite.all():
             return bool(len(clip_polygon(x, y, lo_x, hi_x, lo_y, hi_y)[0]))
         return False
+
+
+def celestial_frame(wcs: WCS) -> object:
+    """The astropy frame of a celestial WCS.
+
+    astropy's `~astropy.wcs.utils.wcs_to_celestial_frame` knows equatorial frames (ICRS,
+    FK5, FK4 with their equinoxes, from RADESYS, EQUINOX or EPOCH) and galactic ones, but
+    answers ICRS for ecliptic (ELON/ELAT) axes and nothing for supergalactic ones. Those are
+    mapped here: ELON/ELAT to the barycentric mean ecliptic of EQUINOX (J2000 when absent),
+    SLON/SLAT to supergalactic.
+
+    Raises
+    ------
+    ValueError
+        For axes that are not on the sky (helioprojective, planetary...).
+    """
+    lng = wcs.wcs.ctype[wcs.wcs.lng][:4].rstrip("-")
+    if lng == "ELON":
+        equinox = wcs.wcs.equinox
+        return BarycentricMeanEcliptic(equinox=Time(equinox if np.isfinite(equinox) else 2000.0, format="jyear"))
+    if lng == "SLON":
+        return Supergalactic()
+    if lng not in ("RA", "GLON"):
+        raise ValueError(f"{wcs.wcs.ctype[wcs.wcs.lng].strip()} axes are not a celestial frame of the sky")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        return wcs_to_celestial_frame(wcs)
 
 
 def _one_world2pix(wcs: WCS, world: np.ndarray) -> tuple[float, float]:

@@ -61,6 +61,8 @@ SCHEMA_VERSION = 2
 _MAX_ORDER = 12
 #: Files per task of a parallel index run.
 CHUNK = 16
+#: An ordinary image whose circle is wider than this many index cells is registered at the coverage order.
+BIG_CELLS = 32
 #: Parsed image geometries kept in memory (for SIAP rows and wide-image matches).
 GEOMETRY_CACHE = 4096
 _COVERAGE_PAD = nside_to_pixel_resolution(2**COVERAGE_ORDER).to_value(u.deg)
@@ -129,10 +131,10 @@ class BuildReport:
     def summary(self) -> str:
         """One line: what was indexed and skipped, by cause."""
         causes = ", ".join(f"{n} {cause}" for cause in CAUSES if (n := self.skipped.get(cause)))
-        return (f"{self.files} files: {self.images} images indexed; {sum(self.skipped.values())} files skipped"
+        return (f"{self.files} files: indexed {self.images} images, skipped {sum(self.skipped.values())} files"
                 + (f" ({causes})" if causes else "")
                 + f"; {self.read} read, {self.reused} unchanged, {self.removed} removed since the last index; "
-                  f"{self.seconds:.1f} s on {self.workers} processes")
+                  f"{self.seconds:.1f} s on {self.workers} {'process' if self.workers == 1 else 'processes'}")
 
 
 class ArchiveIndex:
@@ -256,22 +258,35 @@ class ArchiveIndex:
         index.report = report
         return index, skipped
 
+    def _big(self, record: ImageRecord) -> bool:
+        """Whether an ordinary image is too large for the index's order: it is registered at the coverage order."""
+        return footprint_circle(record.footprint)[1] > BIG_CELLS * self._pad
+
     def _cells_of(self, record: ImageRecord) -> np.ndarray:
-        if record.wide:
+        if record.wide or self._big(record):
             return np.zeros(0, np.int64)
         centre, radius = footprint_circle(record.footprint)
         return healpix_cone_search(centre[0] * u.deg, centre[1] * u.deg, (radius + self._pad) * u.deg,
                                    nside=self._nside, order="nested").astype(np.int64)
 
+    def _coverage_of(self, record: ImageRecord) -> np.ndarray:
+        """Cells at the coverage order: a wide image's own coverage, or a big one's enclosing circle."""
+        if record.coverage is not None:
+            return record.coverage
+        centre, radius = footprint_circle(record.footprint)
+        return healpix_cone_search(centre[0] * u.deg, centre[1] * u.deg, (radius + _COVERAGE_PAD) * u.deg,
+                                   nside=2**COVERAGE_ORDER, order="nested").astype(np.int64)
+
     def _build_lookup(self) -> None:
         plain = np.array([i for i, r in enumerate(self.records) if not r.wide], dtype=np.int64)
-        wide = np.array([i for i, r in enumerate(self.records) if r.wide], dtype=np.int64)
-        self._plain, self._wide = plain, wide
+        coarse = np.array([i for i, r in enumerate(self.records) if r.wide or self._big(r)], dtype=np.int64)
+        self._plain, self._coarse = plain, coarse
+        fine = np.array([i for i in plain if len(self._cells[i])], dtype=np.int64)
         self._cell_keys, self._cell_starts, self._cell_lengths, self._cell_owners = _cell_table(
-            [self._cells[i] for i in plain], plain)
+            [self._cells[i] for i in fine], fine)
         self._wide_keys, self._wide_starts, self._wide_lengths, self._wide_owners = _cell_table(
-            [self.records[i].coverage if self.records[i].coverage is not None else np.zeros(0, np.int64)
-             for i in wide], wide)
+            [self._coverage_of(self.records[i]) for i in coarse], coarse)
+        self._is_wide = np.array([r.wide for r in self.records], dtype=bool)
         # the plain records' polygons, as unit vectors, indexed by record number (wide rows stay zero)
         n = len(self.records)
         m = max((len(self.records[i].footprint) for i in plain), default=0)
@@ -312,6 +327,9 @@ class ArchiveIndex:
             bands = list(bands)
             candidates = candidates[np.isin(self._bands[candidates], bands)]
             wide = wide[np.isin(self._bands[wide], bands)]
+        big = wide[~self._is_wide[wide]]  # ordinary polygons, registered at the coverage order
+        wide = wide[self._is_wide[wide]]
+        candidates = np.union1d(candidates, big)
         hits = candidates[match_footprints(field, self._vectors[candidates], intersect)]
         if len(wide):
             exact = [i for i in wide if self.geometry(self.records[i]).matches(field, intersect,

@@ -179,7 +179,8 @@ def describe(hdu: fits.hdu.base._BaseHDU, hdul: fits.HDUList | None, primary: fi
     inherited = []
     if primary is not None and header.get("INHERIT", False) is True:
         own = set(header.keys())
-        inherited = [c for c in primary.cards if c.keyword not in own and _carried(c.keyword)]
+        inherited = [c for c in primary.cards if c.keyword not in own and _carried(c.keyword)
+                     and c.keyword not in ("BSCALE", "BZERO", "BLANK", "BUNIT")]  # the data's own, not inherited
     cards = inherited + [c for c in header.cards if _carried(c.keyword)]
     for card in header.cards:
         match = ALT_CRPIX.match(card.keyword)
