@@ -221,6 +221,7 @@ def scan_file(root: Path | str, relpath: str) -> FileScan:
 
 
 def _skip(relpath: str, reason: str, cause: str, size: int = 0, mtime: int = 0) -> FileScan:
+    reason = " ".join(reason.split())  # one line, whatever wcslib's messages hold
     return FileScan(relpath, skipped=Skipped(relpath, reason, cause, size, mtime))
 
 
@@ -305,7 +306,7 @@ def _read(root: Path, relpath: str, size: int | None, mtime: int) -> list[ImageR
                         records.append(record)
                 index += 1
     if not records:
-        detail = [r for r in reasons if "not a 2-D image" not in r]
+        detail = [r for r in reasons if "not a 2-D image" not in r and "no celestial WCS" not in r]
         raise SkipError("no 2-D image HDU with a celestial WCS" + (f" ({'; '.join(detail)})" if detail else ""),
                     "no celestial image")
     return records
