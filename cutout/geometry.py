@@ -43,6 +43,8 @@ class Geometry:
         self._icrs = isinstance(self.frame, ICRS)
         self._lng, self._lat = wcs.wcs.lng, wcs.wcs.lat
         self._lock = threading.Lock()
+        #: no SIP or lookup table: wcslib's own transformations are the whole WCS (TPV, TPD included)
+        self._plain = not wcs.has_distortion
         self._scales: np.ndarray | None = None
         self._cd: np.ndarray | None = None
 
@@ -58,6 +60,14 @@ class Geometry:
         world[:, self._lng], world[:, self._lat] = ra, dec
         with self._lock, warnings.catch_warnings(), np.errstate(invalid="ignore"):
             warnings.simplefilter("ignore", AstropyWarning)
+            if self._plain:
+                try:
+                    out = self.wcs.wcs.s2p(world, 0)
+                except Exception:  # every point invalid: wcslib raises rather than flagging them
+                    return np.full(len(ra), np.nan), np.full(len(ra), np.nan)
+                pix = out["pixcrd"]
+                pix[out["stat"] != 0] = np.nan
+                return pix[:, 0], pix[:, 1]
             try:
                 pix = self.wcs.all_world2pix(world, 0, quiet=True)
             except Exception:  # a failed inversion (e.g. off a projection's domain): point by point
@@ -66,9 +76,18 @@ class Geometry:
 
     def to_sky(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ICRS (ra, dec) in degrees of 0-based pixel coordinates; NaN off the sky."""
+        pixels = np.column_stack([np.ravel(x), np.ravel(y)]).astype(float)
         with self._lock, warnings.catch_warnings(), np.errstate(invalid="ignore"):
             warnings.simplefilter("ignore", AstropyWarning)
-            world = self.wcs.all_pix2world(np.column_stack([np.ravel(x), np.ravel(y)]), 0)
+            if self._plain:
+                try:
+                    out = self.wcs.wcs.p2s(pixels, 0)
+                    world = out["world"]
+                    world[out["stat"] != 0] = np.nan
+                except Exception:
+                    world = np.full(pixels.shape, np.nan)
+            else:
+                world = self.wcs.all_pix2world(pixels, 0)
         lon, lat = world[:, self._lng], world[:, self._lat]
         return native_to_icrs(self.frame, lon, lat)
 
@@ -119,9 +138,10 @@ class Geometry:
                 raise NoOverlapError(f"field at ({field.ra}, {field.dec}) does not overlap {self.name}")
             x, y = list(x[inside]), list(y[inside])
         elif x.min() < lo_x or x.max() > hi_x or y.min() < lo_y or y.max() > hi_y:
-            x, y = clip_polygon(x, y, lo_x, hi_x, lo_y, hi_y)
-            if len(x) == 0:
+            bounds = clipped_bounds(x, y, lo_x, hi_x, lo_y, hi_y)
+            if bounds is None:
                 raise NoOverlapError(f"field at ({field.ra}, {field.dec}) does not overlap {self.name}")
+            x, y = bounds[:2], bounds[2:]
         x0, x1 = max(math.floor(min(x) + 0.5), 0), min(math.floor(max(x) + 0.5), nx - 1)
         y0, y1 = max(math.floor(min(y) + 0.5), 0), min(math.floor(max(y) + 0.5), ny - 1)
         return y0, y1 + 1, x0, x1 + 1
@@ -200,6 +220,15 @@ def native_to_icrs(frame: object, lon: np.ndarray, lat: np.ndarray) -> tuple[np.
         icrs = SkyCoord(lon[finite], lat[finite], unit="deg", frame=frame).icrs
         ra[finite], dec[finite] = icrs.ra.deg, icrs.dec.deg
     return ra, dec
+
+
+def clipped_bounds(x: np.ndarray, y: np.ndarray, lo_x: float, hi_x: float, lo_y: float,
+                   hi_y: float) -> tuple[float, float, float, float] | None:
+    """The bounding box (x_min, x_max, y_min, y_max) of a closed polygon clipped to a rectangle, or None."""
+    cx, cy = clip_polygon(x, y, lo_x, hi_x, lo_y, hi_y)
+    if not cx:
+        return None
+    return min(cx), max(cx), min(cy), max(cy)
 
 
 def clip_polygon(x: np.ndarray, y: np.ndarray, lo_x: float, hi_x: float,

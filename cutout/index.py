@@ -163,11 +163,14 @@ class ArchiveIndex:
         self.by_id = {r.id: r for r in self.records}
         if len(self.by_id) != len(self.records):
             raise ValueError("image ids are not unique")
-        self.order = choose_order(self.records) if order is None else order
+        self._prepare_polygons()
+        self.order = choose_order(self.records, self._radii_deg) if order is None else order
         self._nside = 2**self.order
         self._pad = nside_to_pixel_resolution(self._nside).to_value(u.deg)
+        self._is_wide = np.array([r.wide for r in self.records], dtype=bool)
+        self._is_big = ~self._is_wide & (self._radii_deg > BIG_CELLS * self._pad)
         if cells is None:
-            cells = [self._cells_of(r) for r in self.records]
+            cells = [self._cells_of(i) for i in range(len(self.records))]
         self._cells = list(cells)
         self._geometries: OrderedDict[str, Geometry] = OrderedDict()
         self._geometry_lock = threading.Lock()
@@ -258,37 +261,10 @@ class ArchiveIndex:
         index.report = report
         return index, skipped
 
-    def _big(self, record: ImageRecord) -> bool:
-        """Whether an ordinary image is too large for the index's order: it is registered at the coverage order."""
-        return footprint_circle(record.footprint)[1] > BIG_CELLS * self._pad
-
-    def _cells_of(self, record: ImageRecord) -> np.ndarray:
-        if record.wide or self._big(record):
-            return np.zeros(0, np.int64)
-        centre, radius = footprint_circle(record.footprint)
-        return healpix_cone_search(centre[0] * u.deg, centre[1] * u.deg, (radius + self._pad) * u.deg,
-                                   nside=self._nside, order="nested").astype(np.int64)
-
-    def _coverage_of(self, record: ImageRecord) -> np.ndarray:
-        """Cells at the coverage order: a wide image's own coverage, or a big one's enclosing circle."""
-        if record.coverage is not None:
-            return record.coverage
-        centre, radius = footprint_circle(record.footprint)
-        return healpix_cone_search(centre[0] * u.deg, centre[1] * u.deg, (radius + _COVERAGE_PAD) * u.deg,
-                                   nside=2**COVERAGE_ORDER, order="nested").astype(np.int64)
-
-    def _build_lookup(self) -> None:
-        plain = np.array([i for i, r in enumerate(self.records) if not r.wide], dtype=np.int64)
-        coarse = np.array([i for i, r in enumerate(self.records) if r.wide or self._big(r)], dtype=np.int64)
-        self._plain, self._coarse = plain, coarse
-        fine = np.array([i for i in plain if len(self._cells[i])], dtype=np.int64)
-        self._cell_keys, self._cell_starts, self._cell_lengths, self._cell_owners = _cell_table(
-            [self._cells[i] for i in fine], fine)
-        self._wide_keys, self._wide_starts, self._wide_lengths, self._wide_owners = _cell_table(
-            [self._coverage_of(self.records[i]) for i in coarse], coarse)
-        self._is_wide = np.array([r.wide for r in self.records], dtype=bool)
-        # the plain records' polygons, as unit vectors, indexed by record number (wide rows stay zero)
+    def _prepare_polygons(self) -> None:
+        """The ordinary records' polygons as unit vectors, and every record's enclosing circle (vectorised)."""
         n = len(self.records)
+        plain = np.array([i for i, r in enumerate(self.records) if not r.wide], dtype=np.int64)
         m = max((len(self.records[i].footprint) for i in plain), default=0)
         self._vectors = np.zeros((n, m, 3))
         self._centres, self._radii = np.zeros((n, 3)), np.zeros(n)
@@ -297,6 +273,35 @@ class ArchiveIndex:
             vectors = unit_vectors(polygons[..., 0], polygons[..., 1])
             self._vectors[plain] = vectors
             self._centres[plain], self._radii[plain] = bounding_circles(vectors)
+        self._radii_deg = np.degrees(self._radii)
+        self._plain = plain
+
+    def _cells_of(self, i: int) -> np.ndarray:
+        """Cells at the index's order of an ordinary record (none for wide and big ones)."""
+        if self._is_wide[i] or self._is_big[i]:
+            return np.zeros(0, np.int64)
+        x, y, z = self._centres[i]
+        ra, dec = np.degrees(np.arctan2(y, x)) % 360.0, np.degrees(np.arcsin(np.clip(z, -1, 1)))
+        return healpix_cone_search(ra * u.deg, dec * u.deg, (self._radii_deg[i] + self._pad) * u.deg,
+                                   nside=self._nside, order="nested").astype(np.int64)
+
+    def _coverage_of(self, i: int) -> np.ndarray:
+        """Cells at the coverage order: a wide image's own coverage, or a big one's enclosing circle."""
+        record = self.records[i]
+        if record.coverage is not None:
+            return record.coverage
+        x, y, z = self._centres[i]
+        ra, dec = np.degrees(np.arctan2(y, x)) % 360.0, np.degrees(np.arcsin(np.clip(z, -1, 1)))
+        return healpix_cone_search(ra * u.deg, dec * u.deg, (self._radii_deg[i] + _COVERAGE_PAD) * u.deg,
+                                   nside=2**COVERAGE_ORDER, order="nested").astype(np.int64)
+
+    def _build_lookup(self) -> None:
+        coarse = np.flatnonzero(self._is_wide | self._is_big).astype(np.int64)
+        fine = np.array([i for i in self._plain if len(self._cells[i])], dtype=np.int64)
+        self._cell_keys, self._cell_starts, self._cell_lengths, self._cell_owners = _cell_table(
+            [self._cells[i] for i in fine], fine)
+        self._wide_keys, self._wide_starts, self._wide_lengths, self._wide_owners = _cell_table(
+            [self._coverage_of(i) for i in coarse], coarse)
         self._collections = np.array([r.collection for r in self.records], dtype=object)
         self._bands = np.array([r.band for r in self.records], dtype=object)
 
@@ -465,17 +470,20 @@ def _members(cells: np.ndarray, keys: np.ndarray, starts: np.ndarray, lengths: n
     return np.unique(owners[flat])
 
 
-def choose_order(records: Sequence[ImageRecord]) -> int:
+def choose_order(records: Sequence[ImageRecord], radii_deg: np.ndarray | None = None) -> int:
     """HEALPix order whose cells are about half the median image across.
 
     Coarser cells make more false candidates (each image is registered with one
     cell of padding); finer ones make more cells per lookup. Measured on 10,000
     17-arcmin tiles, orders 8 and 9 (cells of 1/2 and 1/4 an image) were fastest.
+    Wide images do not count: they are found through their coverage.
     """
-    plain = [r for r in records if not r.wide]
-    if not plain:
+    if radii_deg is None:
+        radii_deg = np.array([footprint_circle(r.footprint)[1] if not r.wide else 0.0 for r in records])
+    plain = np.array([not r.wide for r in records], dtype=bool)
+    if not plain.any():
         return 0
-    radius = max(float(np.median([footprint_circle(r.footprint)[1] for r in plain])), 1e-4)
+    radius = max(float(np.median(radii_deg[plain])), 1e-4)
     order = int(np.floor(np.log2(58.6 / radius)))  # a cell at order k spans ~58.6 deg / 2**k
     return int(np.clip(order, 0, _MAX_ORDER))
 

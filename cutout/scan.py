@@ -399,6 +399,11 @@ def footprint_of(geometry: Geometry) -> tuple[np.ndarray, bool, np.ndarray | Non
         return polygon, False, None
     dra, ddec = geometry.to_sky(*_rim(nx, ny, DENSE_PER_EDGE))
     keep = np.isfinite(dra) & np.isfinite(ddec)
+    if not keep.any():  # the whole rim is off the sky: stand for it by the centre
+        dra, ddec = geometry.to_sky(np.array([(nx - 1) / 2]), np.array([(ny - 1) / 2]))
+        keep = np.isfinite(dra) & np.isfinite(ddec)
+        if not keep.any():
+            raise ArchiveError("neither the rim nor the centre of the image is on the sky")
     return np.column_stack([dra[keep], ddec[keep]]), True, coverage_of(geometry, scale)
 
 

@@ -116,6 +116,44 @@ def pixflags(mime: str, resampled: bool = False, flux: bool = False) -> str:
     return ("F" + ("Z" if flux else "")) if resampled else "C"
 
 
+#: the columns of a cutout's row that change from one cutout of an image to another
+CUTOUT_VARIABLES = ("title", "ra", "dec", "naxis", "crpix", "filesize", "field", "field_ra", "field_dec",
+                    "result_id", "access_url")
+
+
+def cutout_constants(record: ImageRecord, geometry: Geometry, mime: str) -> dict[str, Any]:
+    """The values of a cutout's row that are the same for every cutout of ``record`` in ``mime``."""
+    wcs = geometry.wcs
+    known = bandpass(record.band)
+    em = (record.em_min, record.em_max) if record.em_min is not None else None
+    return {
+        "naxes": 2, "scale": [float(v) for v in geometry.scales()], "format": mime, "pixflags": pixflags(mime),
+        "coord_frame": frame_name(record.frame), "equinox": frame_equinox(geometry.frame),
+        "projection": wcs.wcs.ctype[0][5:8], "crval": [float(v) for v in wcs.wcs.crval],
+        "cd": [float(v) for v in geometry.cd().ravel()], "bandpass_id": record.band,
+        "bandpass_unit": "m" if em else None,
+        "bandpass_refvalue": (known[0] if known else (em[0] + em[1]) / 2) if em else None,
+        "bandpass_lolimit": em[0] if em else None, "bandpass_hilimit": em[1] if em else None,
+        "mjd_obs": record.mjd, "instrument": record.instrument, "collection": record.collection,
+        "parent_id": record.id,
+    }
+
+
+def cutout_variables(record: ImageRecord, geometry: Geometry, box: tuple[int, int, int, int], field: Field,
+                     field_index: int, mime: str, filesize: int | None, result_id: str | None) -> dict[str, Any]:
+    """The values of a cutout's row that depend on the cutout (`CUTOUT_VARIABLES` but the access URL)."""
+    y0, y1, x0, x1 = box
+    ny, nx = y1 - y0, x1 - x0
+    ra, dec = geometry.to_sky(np.array([x0 + (nx - 1) / 2]), np.array([y0 + (ny - 1) / 2]))
+    crpix = geometry.wcs.wcs.crpix
+    if filesize is None and mime == "image/fits":
+        filesize = record.cutout_filesize((ny, nx))
+    return {"title": f"{record.collection} {record.band} {record.id} field {field_index}", "ra": float(ra[0]),
+            "dec": float(dec[0]), "naxis": [nx, ny], "crpix": [float(crpix[0] - x0), float(crpix[1] - y0)],
+            "filesize": filesize, "field": field_index, "field_ra": field.ra, "field_dec": field.dec,
+            "result_id": result_id}
+
+
 def cutout_metadata(record: ImageRecord, geometry: Geometry, box: tuple[int, int, int, int], field: Field,
                     field_index: int, mime: str, filesize: int | None, result_id: str | None) -> dict[str, Any]:
     """The SIAP row values of the cutout ``box`` (y0, y1, x0, x1) of ``record`` for ``field``.
@@ -124,28 +162,8 @@ def cutout_metadata(record: ImageRecord, geometry: Geometry, box: tuple[int, int
     from the file. For FITS, ``filesize`` None is the size the cutout's file will have.
     The access URL is left out: it depends on where the service is reached.
     """
-    y0, y1, x0, x1 = box
-    ny, nx = y1 - y0, x1 - x0
-    ra, dec = geometry.to_sky(np.array([x0 + (nx - 1) / 2]), np.array([y0 + (ny - 1) / 2]))
-    wcs = geometry.wcs
-    known = bandpass(record.band)
-    em = (record.em_min, record.em_max) if record.em_min is not None else None
-    if filesize is None and mime == "image/fits":
-        filesize = record.cutout_filesize((ny, nx))
-    return {
-        "title": f"{record.collection} {record.band} {record.id} field {field_index}", "ra": float(ra[0]),
-        "dec": float(dec[0]), "naxes": 2, "naxis": [nx, ny], "scale": [float(v) for v in geometry.scales()],
-        "format": mime, "pixflags": pixflags(mime), "coord_frame": frame_name(record.frame),
-        "equinox": frame_equinox(geometry.frame), "projection": wcs.wcs.ctype[0][5:8],
-        "crpix": [float(wcs.wcs.crpix[0] - x0), float(wcs.wcs.crpix[1] - y0)],
-        "crval": [float(v) for v in wcs.wcs.crval], "cd": [float(v) for v in geometry.cd().ravel()],
-        "bandpass_id": record.band, "bandpass_unit": "m" if em else None,
-        "bandpass_refvalue": (known[0] if known else (em[0] + em[1]) / 2) if em else None,
-        "bandpass_lolimit": em[0] if em else None, "bandpass_hilimit": em[1] if em else None,
-        "mjd_obs": record.mjd, "filesize": filesize, "instrument": record.instrument,
-        "collection": record.collection, "parent_id": record.id, "field": field_index, "field_ra": field.ra,
-        "field_dec": field.dec, "result_id": result_id,
-    }
+    return {**cutout_constants(record, geometry, mime),
+            **cutout_variables(record, geometry, box, field, field_index, mime, filesize, result_id)}
 
 
 def generated_metadata(header: fits.Header, shape: tuple[int, int], records: Sequence[ImageRecord], field: Field,

@@ -17,6 +17,7 @@ planar polygon test once both are projected onto the field's tangent plane.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 
@@ -111,8 +112,16 @@ class Field:
         Each edge is sampled at ``per_edge`` points (corners included once), so that
         the outline stays faithful after a distorted (e.g. SIP) sky-to-pixel mapping.
         """
-        x, y = box_outline(self.width / 2, self.height / 2, per_edge)
-        return from_plane(self.ra, self.dec, x, y)
+        return _outline(self, per_edge)
+
+
+@functools.lru_cache(maxsize=1024)
+def _outline(field: Field, per_edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """A field's outline, kept: a query describes many images with the same field (read-only arrays)."""
+    x, y = box_outline(field.width / 2, field.height / 2, per_edge)
+    ra, dec = from_plane(field.ra, field.dec, x, y)
+    ra.flags.writeable = dec.flags.writeable = False
+    return ra, dec
 
 
 def box_outline(half_w: float, half_h: float, per_edge: int) -> tuple[np.ndarray, np.ndarray]:

@@ -85,7 +85,7 @@ def param_element(param: InputParam) -> str:
 
 def results_document(columns: Sequence[Column], rows: Iterable[str], description: str, status: str = "OK",
                      message: str = "", params: Sequence[InputParam] = (),
-                     notes: Sequence[tuple[str, str, str]] = ()) -> str:
+                     notes: Sequence[tuple[str, str, str]] = (), cut: bool = False) -> str:
     """A complete SIAP 1.0 response: QUERY_STATUS, optional input PARAMs, the FIELDs, and the rows.
 
     Parameters
@@ -101,6 +101,8 @@ def results_document(columns: Sequence[Column], rows: Iterable[str], description
         Described as ``INPUT:`` PARAMs (the metadata query).
     notes : sequence of (name, value, text)
         More INFO elements, e.g. an image left out of the rows and why.
+    cut : bool
+        Whether the rows hold ``columns`` only already.
     """
     info = (f'<INFO name="QUERY_STATUS" value={quoteattr(status)}>{escape(message)}</INFO>\n' if message
             else f'<INFO name="QUERY_STATUS" value={quoteattr(status)}/>\n')
@@ -109,7 +111,7 @@ def results_document(columns: Sequence[Column], rows: Iterable[str], description
             + "".join(f"<INFO name={quoteattr(n)} value={quoteattr(v)}>{escape(t)}</INFO>\n" for n, v, t in notes)
             + "".join(param_element(p) for p in params)
             + "<TABLE>\n" + "".join(field_element(c) for c in columns) + "<DATA><TABLEDATA>\n"
-            + "".join(select_cells(row, columns) for row in rows)
+            + "".join(rows if cut else (select_cells(row, columns) for row in rows))
             + "</TABLEDATA></DATA>\n</TABLE>\n" + _TAIL)
 
 

@@ -112,3 +112,22 @@ def test_every_votable_the_service_answers_parses_cleanly(client: TestClient, tm
     documents.append(client.get(f"/async/{job}/results/table").content)
     for document in documents:
         strict(document)
+
+
+def test_row_templates_render_what_the_table_renders(demo_index: ArchiveIndex) -> None:
+    """/sia rows (pre-rendered templates, cut to the VERB) are the job table's rows, cut down."""
+    from cutout.siap import cutout_metadata
+    from siasync.vo.sia import RowTemplates, cutout_path
+    from siasync.vo.sia_votable import VERB_COLUMNS, select_cells
+    from storage.table import render_row
+
+    templates, field = RowTemplates(), Field(150.1, 2.2, 0.3, 0.2)
+    for record in demo_index.lookup(field):
+        geometry = demo_index.geometry(record)
+        box = geometry.box(field)
+        for columns in VERB_COLUMNS.values():
+            for mime in ("image/fits", "image/png", "image/jpeg"):
+                path = cutout_path(record.id, field, mime)
+                expected = render_row(cutout_metadata(record, geometry, box, field, 0, mime, None, None), path)
+                assert templates.render(record, geometry, box, field, mime, path, columns) == \
+                    select_cells(expected, columns)
