@@ -39,7 +39,7 @@ def sia_times(archive: Path, scratch: Path, n: int) -> list[tuple[str, int, floa
     out = []
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            for pos, size in (("150.1,2.2", "0.005"), ("150.1,2.2", "0.02"), ("150.1,2.2", "0.3"),
+            for pos, size in (("0.05,-30", "0.005"), ("150.1,2.2", "0.005"), ("150.1,2.2", "0.3"),
                               ("150.1,2.2", "1.1")):
                 params = {"POS": pos, "SIZE": size, "FORMAT": "image/fits"}
                 body = client.get("/sia", params=params).text

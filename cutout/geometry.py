@@ -45,6 +45,9 @@ class Geometry:
         self._lock = threading.Lock()
         #: no SIP or lookup table: wcslib's own transformations are the whole WCS (TPV, TPD included)
         self._plain = not wcs.has_distortion
+        self._straight: bool | None = None  # see `straight`
+        self._corners: np.ndarray | None = None
+        self._centre: tuple[float, float] | None = None
         self._scales: np.ndarray | None = None
         self._cd: np.ndarray | None = None
 
@@ -124,6 +127,8 @@ class Geometry:
             if not (np.isfinite(x[0]) and np.isfinite(y[0]) and lo_x <= x[0] <= hi_x and lo_y <= y[0] <= hi_y):
                 raise NoOverlapError(f"position ({field.ra}, {field.dec}) is not on image {self.name}")
             return 0, ny, 0, nx
+        if self.straight and self._inside(field):
+            return 0, ny, 0, nx  # the whole image lies in the field
         ra, dec = field.outline(OUTLINE_PER_EDGE)
         x, y = self.to_pixels(ra, dec)
         finite = np.isfinite(x) & np.isfinite(y)
@@ -145,6 +150,39 @@ class Geometry:
         x0, x1 = max(math.floor(min(x) + 0.5), 0), min(math.floor(max(x) + 0.5), nx - 1)
         y0, y1 = max(math.floor(min(y) + 0.5), 0), min(math.floor(max(y) + 0.5), ny - 1)
         return y0, y1 + 1, x0, x1 + 1
+
+    @property
+    def straight(self) -> bool:
+        """Whether the WCS is a plain TAN projection (no distortion of any kind): great circles, such as a
+        field's edges, are then straight lines in pixels, exactly."""
+        if self._straight is None:
+            straight = self._plain and all(c[4:] == "-TAN" for c in self.wcs.wcs.ctype)
+            if straight:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", AstropyWarning)
+                    written = self.wcs.wcs.to_header(True)
+                straight = not any(key in written for key in ("PV1_", "PV2_", "DQ1", "DQ2", "DP1", "DP2", "CQDIS",
+                                                               "CPDIS"))
+            self._straight = straight
+        return self._straight
+
+    def _inside(self, field: Field) -> bool:
+        """Whether the image's four corners, hence (its edges being straight, as the field's) all of it, are in the field."""
+        if self._corners is None:
+            ny, nx = self.shape
+            ra, dec = self.to_sky(np.array([-0.5, nx - 0.5, nx - 0.5, -0.5]), np.array([-0.5, -0.5, ny - 0.5, ny - 0.5]))
+            self._corners = np.array([ra, dec])
+        px, py, cosc = to_plane(field.ra, field.dec, self._corners[0], self._corners[1])
+        return bool(np.all(cosc > 0) and np.all(np.abs(px) <= field.width / 2)
+                    and np.all(np.abs(py) <= field.height / 2))
+
+    def centre(self) -> tuple[float, float]:
+        """ICRS (ra, dec) of the image's central pixel (kept)."""
+        if self._centre is None:
+            ny, nx = self.shape
+            ra, dec = self.to_sky(np.array([(nx - 1) / 2]), np.array([(ny - 1) / 2]))
+            self._centre = (float(ra[0]), float(dec[0]))
+        return self._centre
 
     def matches(self, field: Field, intersect: Intersect, rim: np.ndarray | None = None) -> bool:
         """Whether the image meets ``field`` under ``intersect``, decided through the WCS.

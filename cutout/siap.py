@@ -144,12 +144,16 @@ def cutout_variables(record: ImageRecord, geometry: Geometry, box: tuple[int, in
     """The values of a cutout's row that depend on the cutout (`CUTOUT_VARIABLES` but the access URL)."""
     y0, y1, x0, x1 = box
     ny, nx = y1 - y0, x1 - x0
-    ra, dec = geometry.to_sky(np.array([x0 + (nx - 1) / 2]), np.array([y0 + (ny - 1) / 2]))
+    if (ny, nx) == geometry.shape:  # the whole image (SIZE=0, or an image inside the field)
+        ra, dec = geometry.centre()
+    else:
+        ras, decs = geometry.to_sky(np.array([x0 + (nx - 1) / 2]), np.array([y0 + (ny - 1) / 2]))
+        ra, dec = float(ras[0]), float(decs[0])
     crpix = geometry.wcs.wcs.crpix
     if filesize is None and mime == "image/fits":
         filesize = record.cutout_filesize((ny, nx))
-    return {"title": f"{record.collection} {record.band} {record.id} field {field_index}", "ra": float(ra[0]),
-            "dec": float(dec[0]), "naxis": [nx, ny], "crpix": [float(crpix[0] - x0), float(crpix[1] - y0)],
+    return {"title": f"{record.collection} {record.band} {record.id} field {field_index}", "ra": ra,
+            "dec": dec, "naxis": [nx, ny], "crpix": [float(crpix[0] - x0), float(crpix[1] - y0)],
             "filesize": filesize, "field": field_index, "field_ra": field.ra, "field_dec": field.dec,
             "result_id": result_id}
 
