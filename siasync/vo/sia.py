@@ -148,7 +148,8 @@ def input_params(limits: Limits) -> tuple[InputParam, ...]:
     return (
         InputParam("POS", "char", "ICRS RA,Dec of the field centre, in degrees", "deg", "pos.eq", required=True),
         InputParam("SIZE", "char", f"field width[,height] on the sky, in degrees, at most {limits.max_size_deg:g}: "
-                   "a north-up TAN box centred on POS", "deg", "instr.fov", required=True),
+                   "a north-up TAN box centred on POS; 0: the whole images that contain POS", "deg", "instr.fov",
+                   required=True),
         InputParam("INTERSECT", "char", "how an image must meet the field", default="OVERLAPS",
                    options=tuple(m.value for m in Intersect)),
         InputParam("FORMAT", "char", "formats of the products, comma-separated; METADATA describes this service",
@@ -159,6 +160,9 @@ def input_params(limits: Limits) -> tuple[InputParam, ...]:
                    options=tuple(sorted(limits.collections)), standard=False),
         InputParam("BAND", "char", "only images in these bands (repeatable or comma-separated)",
                    options=tuple(sorted(limits.bands)), standard=False),
+        InputParam("MODE", "char", "cutout: each image's cutout; mosaic: a co-add per band; stack: every band on one "
+                   "grid (with the SIAP image-generation parameters NAXIS, CFRAME, CDELT, ...)", default="cutout",
+                   options=("cutout", "mosaic", "stack"), standard=False),
     )
 
 

@@ -166,7 +166,8 @@ def test_metadata_query_describes_inputs_and_columns(client: TestClient) -> None
     table = votable(client.get("/sia", params={"FORMAT": "METADATA"}))
     assert status(table)[0] == "OK"
     params = {p.name: p for p in table.resources[0].params}
-    assert set(params) == {f"INPUT:{n}" for n in ("POS", "SIZE", "INTERSECT", "FORMAT", "VERB", "COLLECTION", "BAND")}
+    assert set(params) == {f"INPUT:{n}" for n in ("POS", "SIZE", "INTERSECT", "FORMAT", "VERB", "COLLECTION", "BAND",
+                                                  "MODE")}
     assert all(p.description for p in params.values())
     assert [value for _, value in params["INPUT:INTERSECT"].values.options] == [m.value for m in Intersect]
     assert {value for _, value in params["INPUT:COLLECTION"].values.options} == {"DEMO-WIDE", "DEMO-DEEP", "DEMO-POLE"}
