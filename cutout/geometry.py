@@ -11,6 +11,7 @@ is handled by converting ICRS positions to the image's own frame with astropy.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import warnings
@@ -23,7 +24,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales, wcs_to_celestial_frame
 
 from cutout.errors import NoOverlapError
-from cutout.sky import Field, Intersect, to_plane
+from cutout.sky import Field, Intersect, tangent_basis, to_plane, unit_vectors
 
 #: Points sampled along each edge of a field's box before mapping it to pixels.
 OUTLINE_PER_EDGE = 8
@@ -171,10 +172,12 @@ class Geometry:
         if self._corners is None:
             ny, nx = self.shape
             ra, dec = self.to_sky(np.array([-0.5, nx - 0.5, nx - 0.5, -0.5]), np.array([-0.5, -0.5, ny - 0.5, ny - 0.5]))
-            self._corners = np.array([ra, dec])
-        px, py, cosc = to_plane(field.ra, field.dec, self._corners[0], self._corners[1])
-        return bool(np.all(cosc > 0) and np.all(np.abs(px) <= field.width / 2)
-                    and np.all(np.abs(py) <= field.height / 2))
+            self._corners = unit_vectors(ra, dec)  # (4, 3); NaN off the sky, which fails every test below
+        projected = self._corners @ _basis(field)  # columns: towards the centre, east, north
+        cosc = projected[:, 0]
+        with np.errstate(invalid="ignore"):
+            return bool(np.all(cosc > 0) and np.all(np.abs(projected[:, 1]) <= _half_rad(field.width) * cosc)
+                        and np.all(np.abs(projected[:, 2]) <= _half_rad(field.height) * cosc))
 
     def centre(self) -> tuple[float, float]:
         """ICRS (ra, dec) of the image's central pixel (kept)."""
@@ -211,6 +214,17 @@ class Geometry:
         if finite.all():
             return bool(len(clip_polygon(x, y, lo_x, hi_x, lo_y, hi_y)[0]))
         return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _basis(field: Field) -> np.ndarray:
+    """The tangent-plane basis of a field as the columns of a (3, 3) matrix (kept: one field, many images)."""
+    return np.column_stack(tangent_basis(field.ra, field.dec))
+
+
+def _half_rad(size_deg: float) -> float:
+    """Half a field's size in radians: the bound of its gnomonic coordinates (|x| <= size/2 in degrees)."""
+    return math.radians(size_deg / 2)
 
 
 def celestial_frame(wcs: WCS) -> object:

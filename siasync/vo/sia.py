@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -63,6 +64,7 @@ CUTOUT_FORMATS = ("image/fits", "image/png", "image/jpeg")
 _QUERY_SINGLE = ("POS", "SIZE", "FORMAT", "INTERSECT", "VERB", "MODE", *GENERATION_PARAMETERS)
 _CUTOUT_SINGLE = ("POS", "SIZE", "FORMAT", "MODE", "PRODUCT", *GENERATION_PARAMETERS)
 _QUOTED = {m: quote_plus(m, safe=",/") for m in CUTOUT_FORMATS}
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")  # image ids are (`cutout.scan.image_id`): no quoting needed
 #: seconds a client is asked to wait before trying again a cutout whose parent cannot be read now
 RETRY_AFTER_S = 10
 #: errors of the archive's storage that may pass (a disk, a mount, a file handle, memory)
@@ -252,7 +254,8 @@ def cutout_path(image_id: str, field: Field, mime: str) -> str:
     Image ids are URL-safe and the numbers need no quoting (as `urlencode` with ``safe=",/"``
     would write them), so the query is formatted directly: this is per row.
     """
-    return (f"/sia/cutout?ID={quote_plus(image_id, safe=',/')}&POS={field.ra!r},{field.dec!r}"
+    image = image_id if _SAFE_ID.fullmatch(image_id) else quote_plus(image_id, safe=",/")
+    return (f"/sia/cutout?ID={image}&POS={field.ra!r},{field.dec!r}"
             f"&SIZE={_size_text(field)}&FORMAT={_QUOTED.get(mime) or quote_plus(mime, safe=',/')}")
 
 
