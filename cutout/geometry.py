@@ -49,6 +49,7 @@ class Geometry:
         self._straight: bool | None = None  # see `straight`
         self._corners: np.ndarray | None = None
         self._centre: tuple[float, float] | None = None
+        self._crpix: tuple[float, float] | None = None
         self._scales: np.ndarray | None = None
         self._cd: np.ndarray | None = None
 
@@ -173,11 +174,18 @@ class Geometry:
             ny, nx = self.shape
             ra, dec = self.to_sky(np.array([-0.5, nx - 0.5, nx - 0.5, -0.5]), np.array([-0.5, -0.5, ny - 0.5, ny - 0.5]))
             self._corners = unit_vectors(ra, dec)  # (4, 3); NaN off the sky, which fails every test below
-        projected = self._corners @ _basis(field)  # columns: towards the centre, east, north
-        cosc = projected[:, 0]
-        with np.errstate(invalid="ignore"):
-            return bool(np.all(cosc > 0) and np.all(np.abs(projected[:, 1]) <= _half_rad(field.width) * cosc)
-                        and np.all(np.abs(projected[:, 2]) <= _half_rad(field.height) * cosc))
+        hw, hh = _half_rad(field.width), _half_rad(field.height)
+        for cosc, east, north in (self._corners @ _basis(field)).tolist():  # NaN (off the sky) fails each test
+            if not (cosc > 0 and abs(east) <= hw * cosc and abs(north) <= hh * cosc):
+                return False
+        return True
+
+    @property
+    def crpix(self) -> tuple[float, float]:
+        """CRPIX1, CRPIX2 (1-based), kept."""
+        if self._crpix is None:
+            self._crpix = (float(self.wcs.wcs.crpix[0]), float(self.wcs.wcs.crpix[1]))
+        return self._crpix
 
     def centre(self) -> tuple[float, float]:
         """ICRS (ra, dec) of the image's central pixel (kept)."""
@@ -217,14 +225,15 @@ class Geometry:
 
 
 @functools.lru_cache(maxsize=1024)
-def _basis(field: Field) -> np.ndarray:
-    """The tangent-plane basis of a field as the columns of a (3, 3) matrix (kept: one field, many images)."""
-    return np.column_stack(tangent_basis(field.ra, field.dec))
-
-
 def _half_rad(size_deg: float) -> float:
     """Half a field's size in radians: the bound of its gnomonic coordinates (|x| <= size/2 in degrees)."""
     return math.radians(size_deg / 2)
+
+
+@functools.lru_cache(maxsize=1024)
+def _basis(field: Field) -> np.ndarray:
+    """The tangent-plane basis of a field as the columns of a (3, 3) matrix (kept: one field, many images)."""
+    return np.column_stack(tangent_basis(field.ra, field.dec))
 
 
 def celestial_frame(wcs: WCS) -> object:

@@ -149,7 +149,7 @@ def cutout_variables(record: ImageRecord, geometry: Geometry, box: tuple[int, in
     else:
         ras, decs = geometry.to_sky(np.array([x0 + (nx - 1) / 2]), np.array([y0 + (ny - 1) / 2]))
         ra, dec = float(ras[0]), float(decs[0])
-    crpix = geometry.wcs.wcs.crpix
+    crpix = geometry.crpix
     if filesize is None and mime == "image/fits":
         filesize = record.cutout_filesize((ny, nx))
     return {"title": f"{record.collection} {record.band} {record.id} field {field_index}", "ra": ra,

@@ -29,12 +29,14 @@ from pathlib import Path
 from urllib.parse import quote_plus, urlencode
 from xml.sax.saxutils import escape
 
+import numpy as np
+
 from cutout.engine import ParentCache, ParentImage, cut
 from cutout.errors import FieldError, NoOverlapError
 from cutout.index import ArchiveIndex
 from cutout.preview import preview_bytes
 from cutout.scan import ImageRecord
-from cutout.siap import CUTOUT_VARIABLES, COLUMNS, Column, cutout_constants, cutout_variables, generated_metadata
+from cutout.siap import COLUMNS, Column, cutout_constants, generated_metadata
 from cutout.sky import Field, Intersect
 from siasync.errors import NotFound, ServiceError, UsageError
 from siasync.staging.worker import EXTENSIONS, CoaddTask, build_coadd, coadd_bytes, coadd_tasks, parent_problem
@@ -301,15 +303,18 @@ class RowTemplates:
 
     def template(self, record: ImageRecord, geometry: object, mime: str,
                  columns: tuple[Column, ...] = COLUMNS) -> str:
+        """The row of ``columns`` with every cell filled but those of `VARIABLE` (``{name}`` fields)."""
         key = (record.id, mime, len(columns))
         with self._lock:
             found = self._templates.get(key)
             if found is not None:
                 return found
         constants = cutout_constants(record, geometry, mime)
+        # a /sia row is of field 0 and has no result id
+        constants.update(title=f"{record.collection} {record.band} {record.id} field 0", field=0, result_id=None)
         parts = []
         for column in columns:
-            if column.name in CUTOUT_VARIABLES:
+            if column.name in VARIABLE:
                 parts.append(f"<TD>{{{column.name}}}</TD>")
             else:
                 parts.append(f"<TD>{cell_text(constants.get(column.name))}</TD>".replace("{", "{{").replace("}", "}}"))
@@ -322,11 +327,28 @@ class RowTemplates:
 
     def render(self, record: ImageRecord, geometry: object, box: tuple[int, int, int, int], field: Field,
                mime: str, access_path: str, columns: tuple[Column, ...] = COLUMNS) -> str:
-        """A ``/sia`` row (field 0, no result id) of the cutout ``box`` of ``record``, of ``columns`` only."""
-        values = cutout_variables(record, geometry, box, field, 0, mime, None, None)
-        cells = {name: cell_text(value) for name, value in values.items()}
-        return self.template(record, geometry, mime, columns).format(access_url=f"{BASE}{escape(access_path)}",
-                                                                      **cells)
+        """A ``/sia`` row (field 0, no result id) of the cutout ``box`` of ``record``, of ``columns`` only.
+
+        The values are those of `cutout.siap.cutout_variables`, formatted as `storage.table.render_row`
+        formats them.
+        """
+        y0, y1, x0, x1 = box
+        ny, nx = y1 - y0, x1 - x0
+        if (ny, nx) == geometry.shape:
+            ra, dec = geometry.centre()
+        else:
+            ras, decs = geometry.to_sky(np.array([x0 + (nx - 1) / 2]), np.array([y0 + (ny - 1) / 2]))
+            ra, dec = float(ras[0]), float(decs[0])
+        c1, c2 = geometry.crpix
+        size = record.cutout_filesize((ny, nx)) if mime == "image/fits" else None
+        return self.template(record, geometry, mime, columns).format(
+            access_url=f"{BASE}{escape(access_path)}", ra=repr(ra), dec=repr(dec), naxis=f"{nx} {ny}",
+            crpix=f"{c1 - x0!r} {c2 - y0!r}", filesize="" if size is None else str(size),
+            field_ra=repr(field.ra), field_dec=repr(field.dec))
+
+
+#: the cells of a /sia row filled per row
+VARIABLE = ("ra", "dec", "naxis", "crpix", "filesize", "field_ra", "field_dec", "access_url")
 
 
 def find_rows(index: ArchiveIndex, query: SiaQuery, max_records: int, templates: RowTemplates | None = None) -> Rows:
