@@ -24,7 +24,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
-from cutout.errors import ArchiveError, NoOverlapError
+from cutout.errors import ArchiveError
 from cutout.fitsio import BLOCK, CARD, format_card, image_bytes, storable
 from cutout.geometry import OUTLINE_PER_EDGE, Geometry, clip_polygon
 from cutout.layout import Layout, describe

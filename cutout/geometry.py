@@ -169,10 +169,11 @@ class Geometry:
         return self._straight
 
     def _inside(self, field: Field) -> bool:
-        """Whether the image's four corners, hence (its edges being straight, as the field's) all of it, are in the field."""
+        """Whether the image's four corners are in the field: then all of it is, its edges being straight."""
         if self._corners is None:
             ny, nx = self.shape
-            ra, dec = self.to_sky(np.array([-0.5, nx - 0.5, nx - 0.5, -0.5]), np.array([-0.5, -0.5, ny - 0.5, ny - 0.5]))
+            ra, dec = self.to_sky(np.array([-0.5, nx - 0.5, nx - 0.5, -0.5]),
+                                  np.array([-0.5, -0.5, ny - 0.5, ny - 0.5]))
             self._corners = unit_vectors(ra, dec)  # (4, 3); NaN off the sky, which fails every test below
         hw, hh = _half_rad(field.width), _half_rad(field.height)
         for cosc, east, north in (self._corners @ _basis(field)).tolist():  # NaN (off the sky) fails each test

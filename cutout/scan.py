@@ -21,7 +21,6 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 

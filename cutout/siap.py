@@ -83,7 +83,8 @@ COLUMNS: tuple[Column, ...] = (
 FRAME_NAMES = {"icrs": "ICRS", "fk5": "FK5", "fk4": "FK4", "fk4noeterms": "FK4", "galactic": "GAL",
                "supergalactic": "SGAL", "geocentricmeanecliptic": "ECL", "barycentricmeanecliptic": "ECL",
                "heliocentricmeanecliptic": "ECL", "geocentrictrueecliptic": "ECL", "barycentrictrueecliptic": "ECL",
-               "heliocentrictrueecliptic": "ECL", "heliocentriceclipticiau76": "ECL", "custombarycentricecliptic": "ECL"}
+               "heliocentrictrueecliptic": "ECL", "heliocentriceclipticiau76": "ECL",
+               "custombarycentricecliptic": "ECL"}
 
 
 def frame_name(frame: str) -> str:

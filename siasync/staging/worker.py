@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from astropy.io import fits
 
-
 from cutout.engine import ParentCache, cut
 from cutout.errors import NoOverlapError
 from cutout.geometry import Geometry

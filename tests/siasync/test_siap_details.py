@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
-import pytest
 from astropy.io import fits
 from astropy.io.votable import parse as parse_votable
 from astropy.io.votable import ucd as ucd_module
