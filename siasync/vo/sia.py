@@ -452,17 +452,27 @@ def make_coadd(task: CoaddTask, mime: str) -> bytes:
     ------
     UsageError
         When no input covers the grid (naming POS).
+    ArchiveUnavailable
+        When no input could be read now (503, try again).
+    ArchiveDamaged
+        When the product cannot be made (500, with the reason).
     """
     cache = ParentCache()
     try:
         mosaics, warnings = build_coadd(task, cache)
+        for warning in warnings:
+            log.warning("/sia/cutout: %s", warning)
+        data = coadd_bytes(task, mosaics, mime)
     except NoOverlapError as exc:
         raise UsageError("POS", str(exc)) from None
+    except Exception as exc:
+        log.warning("/sia/cutout: %s of field %s not made: %s: %s", task.unit, task.field_index,
+                    type(exc).__name__, exc)
+        if is_transient(exc):
+            raise ArchiveUnavailable(f"{task.unit} cannot be made now: {exc}") from None
+        raise ArchiveDamaged(f"{task.unit} cannot be made: {type(exc).__name__}: {exc}") from None
     finally:
         cache.clear()
-    for warning in warnings:
-        log.warning("/sia/cutout: %s", warning)
-    data = coadd_bytes(task, mosaics, mime)
     assert data is not None  # only a FITS stack's extra preview is ever left out
     return data
 
