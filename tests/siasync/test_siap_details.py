@@ -130,3 +130,31 @@ def test_row_templates_render_what_the_table_renders(demo_index: ArchiveIndex) -
                 expected = render_row(cutout_metadata(record, geometry, box, field, 0, mime, None, None), path)
                 assert templates.render(record, geometry, box, field, mime, path, columns) == \
                     select_cells(expected, columns)
+
+
+def test_sia_never_answers_500(demo_index: ArchiveIndex, monkeypatch: Any) -> None:
+    """An image that cannot be described is left out with an INFO naming it; any other failure is an ERROR VOTable."""
+    import asyncio
+    import dataclasses
+
+    from siasync.app import limits_for
+    from siasync.settings import Settings
+    from siasync.vo import sia as sia_module
+
+    field = Field(150.1, 2.2, 0.02, 0.02)
+    good, bad = demo_index.lookup(field)[:2]
+    broken = ArchiveIndex(demo_index.root, [good, dataclasses.replace(bad, wcs_header="not a WCS at all")])
+    service = sia_module.SiaService(broken, limits_for(Settings(), broken), 1, 100)
+    body = asyncio.run(service.query([("POS", "150.1,2.2"), ("SIZE", "0.02"), ("FORMAT", "image/fits")], BASE))
+    table = strict(body.encode())
+    assert [row["parent_id"] for row in table.get_first_table().array] == [good.id]
+    omitted = [i for i in table.resources[0].infos if i.name == "OMITTED"]
+    assert [i.value for i in omitted] == [bad.id] and bad.path in omitted[0].content
+
+    def explode(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sia_module, "answer", explode)
+    body = asyncio.run(service.query([("POS", "150.1,2.2"), ("SIZE", "0.02")], BASE))
+    info = next(i for i in strict(body.encode()).resources[0].infos if i.name == "QUERY_STATUS")
+    assert info.value == "ERROR" and "boom" in info.content
