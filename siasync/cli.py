@@ -170,21 +170,26 @@ class _ProgressBar:
     """A one-line progress bar on a terminal: files scanned of all, and the rate."""
 
     def __init__(self, stream) -> None:
-        self.stream, self.start, self.last = stream, time.perf_counter(), 0.0
+        self.stream, self.start, self.last, self.ended = stream, time.perf_counter(), 0.0, False
 
     def update(self, done: int, total: int) -> None:
         now = time.perf_counter()
-        if now - self.last < 0.1 and done < total:
+        if self.ended or (now - self.last < 0.1 and done < total):
             return
         self.last = now
         width = 30
         filled = int(width * done / total) if total else width
         rate = done / (now - self.start) if now > self.start else 0.0
         self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files, {rate:.0f}/s ")
+        if done >= total:  # the line ends before the skipped files are reported
+            self.stream.write("\n")
+            self.ended = True
         self.stream.flush()
 
     def close(self) -> None:
-        self.stream.write("\n")
+        if not self.ended:
+            self.stream.write("\n")
+            self.ended = True
         self.stream.flush()
 
 
