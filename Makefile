@@ -18,8 +18,9 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# The demo archive is rebuilt when missing or when its generator settings change.
-$(DEMO)/siasync-index.sqlite: $(DEMO_SETTINGS) $(VENV)/.installed
+# The demo archive is rebuilt when missing, when its generator settings change, or when the index's
+# records change (an index of an older schema is refused at start-up).
+$(DEMO)/siasync-index.sqlite: $(DEMO_SETTINGS) $(VENV)/.installed cutout/scan.py cutout/index.py cutout/layout.py
 	$(BIN)/siasync demo-archive $(DEMO) --settings $(DEMO_SETTINGS)
 	$(BIN)/siasync archive index $(DEMO)
 
