@@ -18,8 +18,9 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# The demo archive is rebuilt when missing or when its generator settings change.
-$(DEMO)/siasync-index.sqlite: $(DEMO_SETTINGS) $(VENV)/.installed
+# The demo archive is rebuilt when missing, when its generator settings change, or when the index's
+# records change (an index of an older schema is refused at start-up).
+$(DEMO)/siasync-index.sqlite: $(DEMO_SETTINGS) $(VENV)/.installed cutout/scan.py cutout/index.py cutout/layout.py
 	$(BIN)/siasync demo-archive $(DEMO) --settings $(DEMO_SETTINGS)
 	$(BIN)/siasync archive index $(DEMO)
 
@@ -57,6 +58,7 @@ bench: $(VENV)/.installed-bench demo
 	$(BIN)/python bench/staging_bench.py --archive $(DEMO)
 	$(BIN)/python bench/stack_bench.py --archive $(DEMO)
 	$(BIN)/python bench/load_bench.py --archive $(DEMO)
+	$(BIN)/python bench/archive_bench.py --archive $(DEMO)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache bench/.scratch

@@ -10,9 +10,7 @@ are kept in a bounded per-process cache (`ParentCache`).
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,23 +19,53 @@ from pathlib import Path
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import ICRS, SkyCoord
+from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
-from astropy.wcs.utils import wcs_to_celestial_frame
 
-from cutout.errors import ArchiveError, NoOverlapError
+from cutout.errors import ArchiveError
 from cutout.fitsio import BLOCK, CARD, format_card, image_bytes, storable
+from cutout.geometry import OUTLINE_PER_EDGE, Geometry, clip_polygon
+from cutout.layout import Layout, describe
 from cutout.sky import Field
 
-#: Points sampled along each edge of a field's box before mapping it to pixels.
-OUTLINE_PER_EDGE = 8
-_STRUCTURAL = re.compile(r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|END|CHECKSUM|DATASUM"
-                         r"|EXTNAME|EXTVER|LTV\d|LTM\d_\d|PARENTID|ORIGFILE|ORIGHDU|REQ_(RA|DEC|W|H))$")
-_SCALING = re.compile(r"^(BSCALE|BZERO|BLANK)$")
-_CRPIX = re.compile(r"^CRPIX([12])([A-Z]?)$")
-_RAW_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+__all__ = ["OUTLINE_PER_EDGE", "Cutout", "CutoutHeader", "ParentCache", "ParentImage", "cut", "cutout",
+           "cutout_header", "open_fits", "physical_values", "pixel_box"]
+
+#: the old private name, used by `cutout.mosaic`
+_clip_polygon = clip_polygon
+
+
+def open_fits(path: str | os.PathLike) -> fits.HDUList:
+    """Open a FITS file as the archive reads it: memory-mapped, HDUs loaded lazily, raw (unscaled) values.
+
+    Raw values are what a cutout copies (scaled integers stay exact); `physical_values`
+    applies BSCALE, BZERO and BLANK where physical values are needed. Unscaled, astropy
+    also memory-maps tile-compressed integer images that carry BSCALE/BZERO/BLANK.
+    """
+    return fits.open(path, memmap=True, lazy_load_hdus=True, do_not_scale_image_data=True)
+
+
+def physical_values(stored: np.ndarray, scale: float = 1.0, zero: float = 0.0, blank: int | None = None) -> np.ndarray:
+    """Physical values of raw stored ones: BSCALE and BZERO applied, BLANK pixels as NaN.
+
+    Integers stay integers (int64, exact) when the scaling is an integer offset and no
+    pixel is BLANK; everything else is float64.
+    """
+    native = stored.astype(stored.dtype.newbyteorder("="), copy=False)
+    integer = native.dtype.kind in "iu"
+    blanks = (native == blank) if (integer and blank is not None) else None
+    if blanks is not None and not blanks.any():
+        blanks = None
+    if integer and blanks is None and scale == 1.0 and float(zero).is_integer():
+        return native.astype(np.int64) + int(zero) if zero else native
+    values = native.astype(np.float64)
+    if (scale, zero) != (1.0, 0.0):
+        values = values * scale + zero
+    if blanks is not None:
+        values[blanks] = np.nan
+    return values
 
 
 class ParentImage:
@@ -53,6 +81,13 @@ class ParentImage:
         The index id, recorded as PARENTID in cutouts.
     origfile : str, optional
         The path relative to the archive root, recorded as ORIGFILE.
+
+    Raises
+    ------
+    ArchiveError
+        When the file has no such image HDU, or it has no celestial WCS (a permanent fault).
+    OSError
+        When the file cannot be read now.
     """
 
     def __init__(self, path: str | os.PathLike, hdu: int, parent_id: str = "", origfile: str = "") -> None:
@@ -63,40 +98,39 @@ class ParentImage:
         self._fd: int | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            self._hdul = fits.open(self.path, memmap=True, lazy_load_hdus=True)
+            self._hdul = open_fits(self.path)
             try:
                 self._hdu = self._hdul[hdu]
-                header = self._hdu.header
-                if not self._hdu.is_image or header.get("NAXIS") != 2:
-                    raise ArchiveError(f"{self.path}[{hdu}] is not a 2-D image")
-                self.wcs = WCS(header, fobj=self._hdul).celestial
-            except (IndexError, KeyError) as exc:
+                primary = self._hdul[0].header if hdu else None
+                self.layout: Layout = describe(self._hdu, self._hdul, primary)
+            except IndexError as exc:
                 self.close()
                 raise ArchiveError(f"{self.path} has no image HDU {hdu}") from exc
+            except ArchiveError as exc:
+                self.close()
+                raise ArchiveError(f"{self.path}[{hdu}]: {exc}") from None
             except Exception:
                 self.close()
                 raise
-        self.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        layout = self.layout
+        self.wcs: WCS = layout.wcs
+        self.shape = layout.shape
+        self.geometry = Geometry(layout.wcs, layout.shape, self.origfile)
         #: the unit of the physical values, if the header names one
-        self.bunit: str | None = header.get("BUNIT")
-        #: what `physical` applies to raw stored values (astropy applies it to compressed data itself)
-        self._scaling = (float(header.get("BSCALE", 1)), float(header.get("BZERO", 0)), header.get("BLANK"))
-        self._frame = wcs_to_celestial_frame(self.wcs)
-        self.compressed = isinstance(self._hdu, fits.CompImageHDU)
+        self.bunit: str | None = layout.bunit
+        self._scaling = layout.scaling
+        self.compressed = layout.compressed
+        #: reference pixels of every WCS (primary and alternates), to be shifted per cutout
+        self.crpix = dict(layout.crpix)
         if not self.compressed:
-            self._raw_dtype = np.dtype(_RAW_DTYPES[int(header["BITPIX"])])
-            self._data_offset = int(self._hdu.fileinfo()["datLoc"])
+            self._raw_dtype = layout.raw_dtype
+            self._data_offset = layout.data_offset
+            size = self.shape[0] * self.shape[1] * self._raw_dtype.itemsize
+            if self._data_offset + size > os.stat(self.path).st_size:
+                self.close()
+                raise ArchiveError(f"{self.path} is truncated: its data unit ends past the end of the file")
             self._fd = os.open(self.path, os.O_RDONLY)
             self._hdul.close()  # the raw reader needs only the descriptor
-        #: reference pixels of every WCS (primary and alternates), to be shifted per cutout
-        self.crpix = {"CRPIX1": 0.0, "CRPIX2": 0.0}
-        self.crpix.update({card.keyword: float(card.value) for card in header.cards if _CRPIX.match(card.keyword)})
-        keep_scaling = not self.compressed  # raw values are copied, so their scaling applies
-        #: the parent's other header cards, verbatim, carried into every cutout
-        self.header_cards = "".join(
-            card.image for card in header.cards
-            if not _STRUCTURAL.match(card.keyword) and not _CRPIX.match(card.keyword)
-            and (keep_scaling or not _SCALING.match(card.keyword)))
 
     def close(self) -> None:
         """Release the file."""
@@ -107,23 +141,20 @@ class ParentImage:
 
     @cached_property
     def dtype(self) -> np.dtype:
-        """The dtype `read` returns: the stored type, or for a compressed parent what astropy decompresses to.
-
-        That is the image's BITPIX unless BSCALE, BZERO or BLANK make astropy scale the values; then
-        astropy's rules decide, so it is learnt by reading one pixel (one tile), once per open parent.
-        """
+        """The dtype `read` returns: the stored (raw) type."""
         if not self.compressed:
             return self._raw_dtype
-        if not any(key in self._hdu.header for key in ("BSCALE", "BZERO", "BLANK")):
-            return np.dtype(self._hdu.section.dtype)
-        return self.read(0, 1, 0, 1).dtype
+        return np.dtype(self._hdu.section.dtype)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Stored values of ``[y0:y1, x0:x1]`` as a new, FITS-storable array."""
+        """Stored (raw) values of ``[y0:y1, x0:x1]`` as a new, FITS-storable array."""
         if self.compressed:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", AstropyWarning)
-                return np.array(self._hdu.section[y0:y1, x0:x1])
+                section = self._hdu.section
+                if section.ndim > 2:  # extra axes of length one
+                    return np.array(section[(0,) * (section.ndim - 2) + (slice(y0, y1), slice(x0, x1))])
+                return np.array(section[y0:y1, x0:x1])
         out = np.empty((y1 - y0, x1 - x0), dtype=self._raw_dtype)
         item, row_bytes = self._raw_dtype.itemsize, (x1 - x0) * self._raw_dtype.itemsize
         stride, base = self.shape[1] * item, self._data_offset + x0 * item
@@ -134,26 +165,11 @@ class ParentImage:
 
     def physical(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Physical values of ``[y0:y1, x0:x1]`` as float64: scaled, and BLANK as NaN."""
-        stored = self.read(y0, y1, x0, x1)
-        if self.compressed:
-            return stored.astype(float)
-        scale, zero, blank = self._scaling
-        values = stored.astype(float)
-        if (scale, zero) != (1.0, 0.0):
-            values = values * scale + zero
-        if blank is not None and stored.dtype.kind in "iu":
-            values[stored == blank] = np.nan
-        return values
+        return np.asarray(physical_values(self.read(y0, y1, x0, x1), *self._scaling), dtype=np.float64)
 
     def to_pixels(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """0-based pixel coordinates of ICRS positions (degrees)."""
-        if not isinstance(self._frame, ICRS):
-            native = SkyCoord(ra, dec, unit="deg", frame="icrs").transform_to(self._frame).spherical
-            ra, dec = native.lon.deg, native.lat.deg
-        world = np.empty((len(ra), 2))
-        world[:, self.wcs.wcs.lng], world[:, self.wcs.wcs.lat] = ra, dec
-        pix = self.wcs.all_world2pix(world, 0, quiet=True)
-        return pix[:, 0], pix[:, 1]
+        return self.geometry.to_pixels(ra, dec)
 
     def __enter__(self) -> ParentImage:
         return self
@@ -207,6 +223,8 @@ class Cutout:
     #: 0-based offset of the cutout in the parent: ``cutout[j, i] == parent[j + y0, i + x0]``
     y0: int
     x0: int
+    #: extension HDUs after the image: the parent's distortion lookup tables, shifted
+    extensions: bytes = b""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -220,47 +238,38 @@ class Cutout:
 
     @property
     def data(self) -> np.ndarray:
-        """Physical pixel values (BSCALE and BZERO applied)."""
-        scale, zero = self.header.get("BSCALE", 1), self.header.get("BZERO", 0)
-        native = self.stored.astype(self.stored.dtype.newbyteorder("="))
-        return native if (scale, zero) == (1, 0) else native * scale + zero
+        """Physical pixel values: BSCALE and BZERO applied, BLANK pixels as NaN."""
+        header = self.header
+        blank = header.get("BLANK")
+        return physical_values(self.stored, float(header.get("BSCALE", 1)), float(header.get("BZERO", 0)),
+                               blank if isinstance(blank, int) else None)
 
     @property
     def wcs(self) -> WCS:
-        """The cutout's WCS (the parent's, shifted)."""
+        """The cutout's WCS (the parent's, shifted), lookup tables included."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            return WCS(self.header)
+            if not self.extensions:
+                return WCS(self.header)
+            hdul = fits.HDUList.fromstring(self.to_fits())
+            return WCS(hdul[0].header, fobj=hdul)
 
     def to_fits(self) -> bytes:
         """The cutout as a complete FITS file."""
-        return image_bytes(self.cards, self.stored)
+        return image_bytes(self.cards, self.stored) + self.extensions
 
 
 def pixel_box(parent: ParentImage, field: Field) -> tuple[int, int, int, int]:
     """The half-open pixel rectangle ``(y0, y1, x0, x1)`` of ``field`` clipped to ``parent``.
 
-    It is the smallest set of whole pixels containing the part of the field's sky
-    box that lies on the image.
+    See `cutout.geometry.Geometry.box`.
 
     Raises
     ------
     NoOverlapError
         When the field and the image do not overlap.
     """
-    ra, dec = field.outline(OUTLINE_PER_EDGE)
-    x, y = parent.to_pixels(ra, dec)
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise NoOverlapError(f"field at ({field.ra}, {field.dec}) is not on image {parent.origfile}")
-    ny, nx = parent.shape
-    lo_x, hi_x, lo_y, hi_y = -0.5, nx - 0.5, -0.5, ny - 0.5
-    if x.min() < lo_x or x.max() > hi_x or y.min() < lo_y or y.max() > hi_y:
-        x, y = _clip_polygon(x, y, lo_x, hi_x, lo_y, hi_y)
-        if len(x) == 0:
-            raise NoOverlapError(f"field at ({field.ra}, {field.dec}) does not overlap {parent.origfile}")
-    x0, x1 = max(math.floor(min(x) + 0.5), 0), min(math.floor(max(x) + 0.5), nx - 1)
-    y0, y1 = max(math.floor(min(y) + 0.5), 0), min(math.floor(max(y) + 0.5), ny - 1)
-    return y0, y1 + 1, x0, x1 + 1
+    return parent.geometry.box(field)
 
 
 @dataclass(frozen=True)
@@ -276,6 +285,8 @@ class CutoutHeader:
     x1: int
     #: BITPIX of the cutout's data
     bitpix: int
+    #: extension HDUs after the image (the parent's distortion lookup tables, shifted)
+    extensions: bytes = b""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -293,7 +304,7 @@ class CutoutHeader:
         ny, nx = self.shape
         header = len(self.cards) + CARD
         data = ny * nx * abs(self.bitpix) // 8
-        return header + (-header % BLOCK) + data + (-data % BLOCK)
+        return header + (-header % BLOCK) + data + (-data % BLOCK) + len(self.extensions)
 
 
 def cutout_header(parent: ParentImage, field: Field) -> CutoutHeader:
@@ -320,6 +331,7 @@ def cutout_header(parent: ParentImage, field: Field) -> CutoutHeader:
         When the field and the image do not overlap.
     """
     y0, y1, x0, x1 = pixel_box(parent, field)
+    layout = parent.layout
     _, bitpix, bzero = storable(np.empty((0, 0), dtype=parent.dtype))
     cards = [format_card("SIMPLE", True, "conforms to FITS standard"),
              format_card("BITPIX", bitpix), format_card("NAXIS", 2),
@@ -327,22 +339,37 @@ def cutout_header(parent: ParentImage, field: Field) -> CutoutHeader:
              format_card("EXTEND", True)]
     if bzero is not None:
         cards += [format_card("BSCALE", 1), format_card("BZERO", bzero)]
-    cards.append(parent.header_cards)
+    cards.append(layout.carried)
     for key, value in parent.crpix.items():
-        cards.append(format_card(key, value - (x0 if key[5] == "1" else y0), "reference pixel (shifted)"))
+        if key in ("CRPIX1", "CRPIX2"):
+            cards.append(format_card(key, value - (x0 if key[5] == "1" else y0), "reference pixel (shifted)"))
+    cards.append(layout.wcs_cards)
+    for key, value in parent.crpix.items():
+        if key not in ("CRPIX1", "CRPIX2"):
+            cards.append(format_card(key, value - (x0 if key[5] == "1" else y0), "reference pixel (shifted)"))
+    ltv1, ltv2 = layout.ltv
     cards += [
-        format_card("LTV1", -x0, "cutout = parent + LTV (IRAF physical to logical)"),
-        format_card("LTV2", -y0, "cutout = parent + LTV (IRAF physical to logical)"),
-        format_card("LTM1_1", 1), format_card("LTM2_2", 1),
+        format_card("LTV1", _number(ltv1 - x0), "cutout = parent + LTV (IRAF physical to logical)"),
+        format_card("LTV2", _number(ltv2 - y0), "cutout = parent + LTV (IRAF physical to logical)"),
+        format_card("LTM1_1", _number(layout.ltm.get("LTM1_1", 1.0))),
+        format_card("LTM2_2", _number(layout.ltm.get("LTM2_2", 1.0)))]
+    cards += [format_card(key, _number(value)) for key, value in layout.ltm.items() if key in ("LTM1_2", "LTM2_1")]
+    cards += [
         format_card("PARENTID", parent.parent_id or parent.path.name, "archive id of the parent image"),
         format_card("ORIGFILE", parent.origfile[:68], "parent file, relative to the archive"),
         format_card("ORIGHDU", parent.hdu_index, "HDU of the parent image"),
         format_card("REQ_RA", field.ra, "[deg] requested POS, ICRS RA"),
         format_card("REQ_DEC", field.dec, "[deg] requested POS, ICRS Dec"),
-        format_card("REQ_W", field.width, "[deg] requested SIZE, width"),
-        format_card("REQ_H", field.height, "[deg] requested SIZE, height"),
+        format_card("REQ_W", field.width, "[deg] requested SIZE, width (0: the whole image)"),
+        format_card("REQ_H", field.height, "[deg] requested SIZE, height (0: the whole image)"),
     ]
-    return CutoutHeader("".join(cards), y0, y1, x0, x1, bitpix)
+    extensions = b"".join(table.extension(x0, y0) for table in layout.tables)
+    return CutoutHeader("".join(cards), y0, y1, x0, x1, bitpix, extensions)
+
+
+def _number(value: float) -> int | float:
+    """A whole number as an integer card value, as IRAF writes LTV and LTM."""
+    return int(value) if float(value).is_integer() else value
 
 
 def cut(parent: ParentImage, field: Field) -> Cutout:
@@ -365,7 +392,7 @@ def cut(parent: ParentImage, field: Field) -> Cutout:
     """
     head = cutout_header(parent, field)
     stored, _, _ = storable(parent.read(head.y0, head.y1, head.x0, head.x1))
-    return Cutout(stored, head.cards, head.y0, head.x0)
+    return Cutout(stored, head.cards, head.y0, head.x0, head.extensions)
 
 
 def cutout(parent: ParentImage, position: SkyCoord, size: u.Quantity) -> Cutout:
@@ -379,22 +406,3 @@ def cutout(parent: ParentImage, position: SkyCoord, size: u.Quantity) -> Cutout:
         One angle (square) or two (width, height), on the sky.
     """
     return cut(parent, Field.from_sky(position, size))
-
-
-def _clip_polygon(x: np.ndarray, y: np.ndarray, lo_x: float, hi_x: float,
-                  lo_y: float, hi_y: float) -> tuple[list[float], list[float]]:
-    """Sutherland-Hodgman clipping of a polygon to an axis-aligned rectangle."""
-    points = list(zip(x.tolist(), y.tolist(), strict=True))
-    for axis, bound, sign in ((0, lo_x, 1.0), (0, hi_x, -1.0), (1, lo_y, 1.0), (1, hi_y, -1.0)):
-        clipped = []
-        for i, current in enumerate(points):
-            previous = points[i - 1]
-            current_in = sign * (current[axis] - bound) >= 0
-            if current_in != (sign * (previous[axis] - bound) >= 0):
-                t = (bound - previous[axis]) / (current[axis] - previous[axis])
-                clipped.append((previous[0] + t * (current[0] - previous[0]),
-                                previous[1] + t * (current[1] - previous[1])))
-            if current_in:
-                clipped.append(current)
-        points = clipped
-    return [p[0] for p in points], [p[1] for p in points]

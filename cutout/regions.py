@@ -130,6 +130,13 @@ class Circle:
             raise RegionError(f"CIRCLE spans more than {MAX_FIELD_DEG:g} deg on the sky")
         return Field(self.ra % 360.0, self.dec, 2 * half, 2 * half)
 
+    def samples(self, per_ring: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Points across the circle (ICRS degrees): its centre and rings out to its edge."""
+        angles = np.linspace(0.0, 2 * np.pi, per_ring, endpoint=False)
+        rho = np.radians(self.radius) * np.array([1 / 3, 2 / 3, 1.0])[:, None]
+        x, y = np.degrees(np.tan(rho) * np.sin(angles)), np.degrees(np.tan(rho) * np.cos(angles))
+        return from_plane(self.ra % 360.0, self.dec, np.append(x.ravel(), 0.0), np.append(y.ravel(), 0.0))
+
     def meets(self, footprints: np.ndarray) -> np.ndarray:
         """Which of K convex footprints (K, M, 2) the circle intersects: centre inside, or an edge within the radius."""
         if len(footprints) == 0:
@@ -208,6 +215,16 @@ class Polygon:
         # on the tangent plane x points east and y north: seen from inside the sphere east is on the left,
         # so counter-clockwise there is clockwise (negative area) in (x, y)
         return list(self.vertices) if _signed_area(x, y) < 0 else list(reversed(self.vertices))
+
+    def samples(self, per_edge: int = 8, grid: int = 12) -> tuple[np.ndarray, np.ndarray]:
+        """Points across the polygon (ICRS degrees): along its edges, and a grid of its inside."""
+        ra, dec, _ = self.cap()
+        px, py, _ = to_plane(ra, dec, *self._arrays())
+        t = np.linspace(0.0, 1.0, per_edge, endpoint=False)[:, None]
+        ex, ey = (px + t * (np.roll(px, -1) - px)).ravel(), (py + t * (np.roll(py, -1) - py)).ravel()
+        gx, gy = np.meshgrid(np.linspace(px.min(), px.max(), grid), np.linspace(py.min(), py.max(), grid))
+        inside = _points_in_polygon(px, py, gx.ravel(), gy.ravel())
+        return from_plane(ra, dec, np.concatenate([ex, gx.ravel()[inside]]), np.concatenate([ey, gy.ravel()[inside]]))
 
     def field(self) -> Field:
         """The box on the tangent plane at the polygon's centre that holds it (its edges are straight there)."""
@@ -292,6 +309,14 @@ class Range:
         vectors = unit_vectors(*self._outline())
         radius = float(np.degrees(np.arccos(np.clip(vectors @ unit_vectors(ra, dec), -1, 1)).max()))
         return ra, dec, radius
+
+    def samples(self, grid: int = 24) -> tuple[np.ndarray, np.ndarray]:
+        """Points across the range (ICRS degrees): its outline, and a longitude/latitude grid of its inside."""
+        lon = (self.ra_min + np.linspace(0.0, self.span, grid)) % 360.0
+        lat = np.linspace(self.dec_min, self.dec_max, grid)
+        glon, glat = np.meshgrid(lon, lat)
+        ra, dec = self._outline()
+        return np.concatenate([ra, glon.ravel()]), np.concatenate([dec, glat.ravel()])
 
     def field(self) -> Field:
         """The box on the tangent plane at the range's centre that holds it."""

@@ -17,6 +17,7 @@ planar polygon test once both are projected onto the field's tangent plane.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 
@@ -52,7 +53,8 @@ class Field:
     ra, dec : float
         Centre (POS), ICRS degrees.
     width, height : float
-        SIZE along east and north on the tangent plane at the centre, degrees.
+        SIZE along east and north on the tangent plane at the centre, degrees; both 0 for a
+        point (SIAP 1.0 SIZE=0, see `is_point`).
     """
 
     ra: float
@@ -68,9 +70,16 @@ class Field:
             raise FieldError(f"RA must be in [0, 360), got {self.ra}")
         if not -90.0 <= self.dec <= 90.0:
             raise FieldError(f"Dec must be in [-90, 90], got {self.dec}")
+        if self.width == 0.0 and self.height == 0.0:
+            return  # a point (SIAP 1.0 SIZE=0): the images that contain it
         for name, value in (("width", self.width), ("height", self.height)):
             if not 0.0 < value <= MAX_FIELD_DEG:
                 raise FieldError(f"{name} must be in (0, {MAX_FIELD_DEG}] deg, got {value}")
+
+    @property
+    def is_point(self) -> bool:
+        """Whether the field is a point (SIAP 1.0 SIZE=0): it selects the images that contain it, whole."""
+        return self.width == 0.0 and self.height == 0.0
 
     @classmethod
     def from_sky(cls, position: SkyCoord, size: u.Quantity) -> Field:
@@ -103,8 +112,16 @@ class Field:
         Each edge is sampled at ``per_edge`` points (corners included once), so that
         the outline stays faithful after a distorted (e.g. SIP) sky-to-pixel mapping.
         """
-        x, y = box_outline(self.width / 2, self.height / 2, per_edge)
-        return from_plane(self.ra, self.dec, x, y)
+        return _outline(self, per_edge)
+
+
+@functools.lru_cache(maxsize=1024)
+def _outline(field: Field, per_edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """A field's outline, kept: a query describes many images with the same field (read-only arrays)."""
+    x, y = box_outline(field.width / 2, field.height / 2, per_edge)
+    ra, dec = from_plane(field.ra, field.dec, x, y)
+    ra.flags.writeable = dec.flags.writeable = False
+    return ra, dec
 
 
 def box_outline(half_w: float, half_h: float, per_edge: int) -> tuple[np.ndarray, np.ndarray]:

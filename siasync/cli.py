@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("directory", type=Path, metavar="DIR", help="the archive root")
     index.add_argument("--output", type=Path, default=None,
                        help="index file (default: DIR/siasync-index.sqlite)")
+    index.add_argument("--workers", type=int, default=None, help="processes that read files (default: cores)")
+    index.add_argument("--full", action="store_true",
+                       help="read every file again, even those unchanged since the last index")
     index.set_defaults(handler=_archive_index)
 
     fetch = commands.add_parser(
@@ -161,18 +164,55 @@ def _start_forkserver() -> None:
 
 
 def _archive_index(args: argparse.Namespace) -> int:
-    from cutout.index import ArchiveIndex
+    from cutout.index import INDEX_NAME, ArchiveIndex
 
     if not args.directory.is_dir():
         print(f"siasync: {args.directory} is not a directory", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    index, skipped = ArchiveIndex.build(args.directory)
-    path = index.save(args.output)
+    target = args.output or args.directory / INDEX_NAME
+    previous = None
+    if target.is_file() and not args.full:
+        try:
+            previous = ArchiveIndex.load(target)
+        except Exception as exc:  # an index of an older schema, or damaged: read everything
+            print(f"siasync: reading every file again ({exc})", file=sys.stderr)
+    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    index, _ = ArchiveIndex.build(args.directory, previous=previous, workers=args.workers,
+                                  progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    path = index.save(target)
     print(f"indexed {len(index)} images in {len(index.collections)} collections "
-          f"({', '.join(index.collections) or 'none'}); skipped {len(skipped)} files; "
-          f"wrote {path} in {time.perf_counter() - start:.1f} s")
+          f"({', '.join(index.collections) or 'none'}); wrote {path}")
+    print(index.report.summary())
     return 0
+
+
+class _ProgressBar:
+    """A one-line progress bar on a terminal: files scanned of all, and the rate."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.start, self.last, self.ended = stream, time.perf_counter(), 0.0, False
+
+    def update(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self.ended or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        width = 30
+        filled = int(width * done / total) if total else width
+        rate = done / (now - self.start) if now > self.start else 0.0
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files, {rate:.0f}/s ")
+        if done >= total:  # the line ends before the skipped files are reported
+            self.stream.write("\n")
+            self.ended = True
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.ended:
+            self.stream.write("\n")
+            self.ended = True
+        self.stream.flush()
 
 
 def _fetch(args: argparse.Namespace) -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-#: FORMAT values and the products each makes per (field, image)
+#: FORMAT values and the products each makes per (field, image). SIAP 1.0: ALL is every format
+#: (FITS and its preview), GRAPHIC one graphics format (PNG), GRAPHIC-ALL every graphics format.
 FORMATS: dict[str, tuple[str, ...]] = {
     "image/fits": ("image/fits",),
     "image/png": ("image/png",),
     "image/jpeg": ("image/jpeg",),
     "ALL": ("image/fits", "image/png"),
     "GRAPHIC": ("image/png",),
+    "GRAPHIC-ALL": ("image/png", "image/jpeg"),
     "METADATA": (),
 }
 

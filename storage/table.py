@@ -20,23 +20,35 @@ MIME = "text/xml;content=x-votable"
 
 
 def _value(value: Any) -> str:
+    kind = type(value)
+    if kind is float:
+        return repr(value)
+    if kind is str:
+        return escape(value) if ("&" in value or "<" in value or ">" in value) else value
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)):
-        return " ".join(_value(v) for v in value)
-    if isinstance(value, float):
-        return repr(value)
+    if kind is int:
+        return str(value)
+    if kind is list or kind is tuple:
+        return " ".join(map(_value, value))
+    if isinstance(value, float):  # numpy floats: their repr is not a plain number
+        return repr(float(value))
     return escape(str(value))
+
+
+_NAMES = tuple(c.name for c in COLUMNS)
+
+
+def cell_text(value: Any) -> str:
+    """The text of a table cell holding ``value`` (XML-escaped; lists space-separated; None empty)."""
+    return _value(value)
 
 
 def render_row(values: Mapping[str, Any], access_path: str | None) -> str:
     """One ``<TR>`` for a product; ``access_path`` is appended to the base URL (None: no file)."""
-    cells = []
-    for column in COLUMNS:
-        if column.name == "access_url":
-            cells.append(f"<TD>{BASE}{escape(access_path)}</TD>" if access_path else "<TD/>")
-        else:
-            cells.append(f"<TD>{_value(values.get(column.name))}</TD>")
+    get = values.get
+    cells = [(f"<TD>{BASE}{escape(access_path)}</TD>" if access_path else "<TD/>") if name == "access_url"
+             else f"<TD>{_value(get(name))}</TD>" for name in _NAMES]
     return "<TR>" + "".join(cells) + "</TR>\n"
 
 

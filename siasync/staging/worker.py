@@ -14,22 +14,50 @@ import errno
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from astropy.io import fits
 
-from cutout.engine import ParentCache, cut, cutout_header
-from cutout.errors import ArchiveError, NoOverlapError
+from cutout.engine import ParentCache, cut
+from cutout.errors import NoOverlapError
+from cutout.geometry import Geometry
 from cutout.mosaic import Grid, GridSpec, Mosaic, coadd, colour_preview, mosaic_fits, read_input, stack_fits, unit_id
 from cutout.preview import preview_bytes
 from cutout.scan import ImageRecord
-from cutout.siap import band_order, generated_metadata, product_metadata
+from cutout.siap import band_order, cutout_metadata, generated_metadata
 from cutout.sky import Field
 from storage.files import ResultFiles
 from storage.table import render_row
 
 EXTENSIONS = {"image/fits": "fits", "image/png": "png", "image/jpeg": "jpg", "text/plain": "txt"}
 _cache: ParentCache | None = None
+#: geometries of index records (parsed from the stored WCS), per worker
+_geometries: OrderedDict[str, Geometry] = OrderedDict()
+_GEOMETRIES = 256
+
+
+def record_geometry(record: ImageRecord) -> Geometry:
+    """The geometry of a record as the index stored it (kept per worker): rows never open the file."""
+    geometry = _geometries.get(record.id)
+    if geometry is None:
+        geometry = _geometries[record.id] = Geometry(record.wcs(), record.shape, record.path)
+        while len(_geometries) > _GEOMETRIES:
+            _geometries.popitem(last=False)
+    else:
+        _geometries.move_to_end(record.id)
+    return geometry
+
+
+def parent_problem(record: ImageRecord, exc: BaseException) -> str:
+    """A warning naming an archive image that could not be read or cut, and why."""
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    elif isinstance(exc, (ValueError, OSError)) and str(exc):
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"image {record.id} ({record.path}) skipped: {reason}"
 
 
 @dataclass(frozen=True)
@@ -105,8 +133,9 @@ def build_coadd(task: CoaddTask, cache: ParentCache) -> tuple[list[Mosaic], list
             inputs.setdefault(record.band, []).append(read_input(parent, task.grid, record.band, record.mjd))
         except NoOverlapError:
             continue
-        except (ArchiveError, OSError, ValueError) as exc:
-            warnings.append(f"{record.path}: left out of {task.unit} of field {task.field_index} ({exc})")
+        except Exception as exc:  # one unreadable input never takes the product down
+            warnings.append(parent_problem(record, exc).replace(" skipped: ", f" left out of {task.unit} of field "
+                                                                                f"{task.field_index}: "))
     if not inputs:
         raise NoOverlapError(f"no image covers the grid of field {task.field_index}")
     return [coadd(inputs[b], task.grid, task.combine, task.match_background) for b in task.bands if b in inputs], \
@@ -191,7 +220,11 @@ def warm() -> int:
 
 
 def run_batch(task: BatchTask) -> list[PairOutcome]:
-    """Make every product of a batch; stop at the first fatal problem."""
+    """Make every product of a batch; stop at the first fatal problem.
+
+    A parent that cannot be read or cut, whatever the error, becomes a warning on its pair
+    (naming the image and the reason), and the other pairs are still made.
+    """
     global _cache
     if _cache is None:
         _cache = ParentCache()
@@ -199,7 +232,13 @@ def run_batch(task: BatchTask) -> list[PairOutcome]:
     outcomes = []
     for pair in task.pairs:
         start = time.perf_counter()
-        outcome = _run_coadd(pair, task, files) if isinstance(pair, CoaddTask) else _run_pair(pair, task, files)
+        try:
+            outcome = _run_coadd(pair, task, files) if isinstance(pair, CoaddTask) else _run_pair(pair, task, files)
+        except Exception as exc:  # never a batch lost to one product
+            unit = pair.unit if isinstance(pair, CoaddTask) else pair.record.id
+            outcome = PairOutcome(pair.field_index, unit, problem="warning",
+                                  message=(f"{unit} of field {pair.field_index} not made: {type(exc).__name__}: {exc}"
+                                           if isinstance(pair, CoaddTask) else parent_problem(pair.record, exc)))
         outcome.seconds = time.perf_counter() - start
         outcomes.append(outcome)
         if outcome.problem in ("fatal", "gone"):
@@ -209,9 +248,10 @@ def run_batch(task: BatchTask) -> list[PairOutcome]:
 
 def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutcome:
     outcome = PairOutcome(unit.field_index, unit.unit, pairs=len(unit.records))
+    flux = False  # reproject_interp: an interpolation, not flux-conserving (cutout.mosaic.ALGORITHM)
     if not unit.products:  # METADATA: describe the grid, without reading pixels
         values = generated_metadata(unit.grid.header(), unit.grid.shape, unit.records, unit.field, unit.field_index,
-                                    "image/fits", None, None)
+                                    "image/fits", None, None, flux)
         outcome.rows.append((None, render_row(values, None)))
         return outcome
     try:
@@ -230,7 +270,7 @@ def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutc
             return outcome
         header = mosaics[0].header() if len(mosaics) == 1 else mosaics[0].grid.header()
         values = generated_metadata(header, unit.grid.shape, records, unit.field, unit.field_index, mime,
-                                    len(data), name)
+                                    len(data), name, mosaics[0].algorithm == "exact")
         outcome.products.append((name, len(data), mime))
         outcome.rows.append((name, render_row(values, task.results_path + name)))
     return outcome
@@ -263,16 +303,20 @@ def _explain_miss(outcome: PairOutcome, pair: PairTask, task: BatchTask, files: 
 
 
 def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcome:
-    outcome = PairOutcome(pair.field_index, pair.record.id)
+    record = pair.record
+    outcome = PairOutcome(pair.field_index, record.id)
     if pair.miss:
         _explain_miss(outcome, pair, task, files, "the image's footprint does not meet it")
         return outcome
     try:
-        parent = _cache.get(pair.path, pair.record.hdu, pair.record.id, pair.record.path)
-        if not pair.products:  # METADATA: the header of the cutout that would be made, no pixels read
-            piece, encoded = cutout_header(parent, pair.field), []
+        if not pair.products:  # METADATA: the cutout that would be made, from the index alone
+            box = record_geometry(record).box(pair.field)
+            encoded = []
         else:
+            parent = _cache.get(pair.path, record.hdu, record.id, record.path)
             piece = cut(parent, pair.field)
+            ny, nx = piece.shape
+            box = (piece.y0, piece.y0 + ny, piece.x0, piece.x0 + nx)
             encoded = [(m, piece.to_fits() if m == "image/fits" else preview_bytes(piece.data, m))
                        for m in pair.products]
     except NoOverlapError as exc:
@@ -281,21 +325,20 @@ def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcom
         else:
             outcome.problem, outcome.message = "skipped", str(exc)
         return outcome
-    except (ArchiveError, OSError, ValueError) as exc:
-        outcome.problem, outcome.message = "warning", f"{pair.record.path}: skipped ({exc})"
+    except Exception as exc:  # an unreadable or uncuttable parent: a warning, never the job's end
+        outcome.problem, outcome.message = "warning", parent_problem(record, exc)
         return outcome
-    header = piece.header
+    geometry = record_geometry(record)
     if not pair.products:  # METADATA: describe the cutout that would be made, without a file
-        values = product_metadata(header, piece.shape, pair.record, pair.field, pair.field_index,
-                                  "image/fits", None, None)
+        values = cutout_metadata(record, geometry, box, pair.field, pair.field_index, "image/fits", None, None)
         outcome.rows.append((None, render_row(values, None)))
         return outcome
     for mime, data in encoded:
-        name = result_name(pair.field_index, pair.record.id, mime)
+        name = result_name(pair.field_index, record.id, mime)
         if not _write(outcome, files, task, name, data):
             return outcome
         size = len(data)
-        values = product_metadata(header, piece.shape, pair.record, pair.field, pair.field_index, mime, size, name)
+        values = cutout_metadata(record, geometry, box, pair.field, pair.field_index, mime, size, name)
         outcome.products.append((name, size, mime))
         outcome.rows.append((name, render_row(values, task.results_path + name)))
     return outcome

@@ -101,9 +101,7 @@ class StagingRequest:
 
         A stack in FITS comes with a colour preview (when it has three bands or more).
         """
-        if self.mode == "stack" and self.format in ("image/fits", "ALL"):
-            return ("image/fits", "image/png")
-        return FORMATS[self.format]
+        return products_of(self.mode, self.format)
 
     def to_spec(self) -> dict[str, Any]:
         """Plain JSON-able data, as stored and as sent to workers."""
@@ -122,6 +120,16 @@ class StagingRequest:
                    sizes=tuple(tuple(s) if isinstance(s, list) else s for s in spec.get("sizes", ())),
                    grid=GridSpec.from_spec(spec["grid"]) if "grid" in spec else GridSpec(),
                    combine=spec.get("combine", "mean"), match_background=spec.get("match_background", False))
+
+
+def products_of(mode: str, format: str) -> tuple[str, ...]:
+    """MIME types made per (field, image) of a cutout, per band of a mosaic, per field of a stack, for a FORMAT.
+
+    A stack in FITS comes with a colour preview (when it has three bands or more).
+    """
+    if mode == "stack" and format in ("image/fits", "ALL"):
+        return ("image/fits", "image/png")
+    return FORMATS[format]
 
 
 @dataclass(frozen=True)
@@ -275,11 +283,17 @@ def parse_positions(values: Iterable[str]) -> tuple[tuple[float, float], ...]:
 
 
 def parse_size(text: str, max_deg: float) -> tuple[float, float]:
-    """``s`` or ``w,h`` in degrees, positive and at most ``max_deg``."""
+    """``s`` or ``w,h`` in degrees, positive and at most ``max_deg``; or 0 (SIAP 1.0 SIZE=0).
+
+    SIZE=0 is the special case SIAP 1.0 defines: for a cutout service, an image of a
+    default size. Here that is the whole of each image that contains POS (``(0.0, 0.0)``).
+    """
     parts = text.split(",")
     if len(parts) not in (1, 2):
         raise UsageError("SIZE", f"expected one or two numbers in degrees, got {text!r}")
     sizes = [parse_number("SIZE", p) for p in parts]
+    if all(s == 0 for s in sizes):
+        return 0.0, 0.0
     for s in sizes:
         if not 0 < s <= max_deg:
             raise UsageError("SIZE", f"must be positive and at most {max_deg:g} deg, got {s:g}")
@@ -345,6 +359,10 @@ def parse_generation(one: Mapping[str, str], limits: Limits, extents: Iterable[t
             if name in one:
                 raise UsageError(name, "applies only to MODE=mosaic or MODE=stack")
         return {}
+    extents = list(extents)
+    if any(w == 0 and h == 0 for w, h in extents):
+        raise UsageError("SIZE", f"SIZE=0 (the whole images that contain POS) applies to cutouts; MODE={mode} "
+                                 "makes a new grid and needs its size on the sky")
     frame = parse_choice("CFRAME", one.get("CFRAME", "ICRS"), list(FRAMES))
     if "EQUINOX" in one and frame not in ("FK4", "FK5"):
         raise UsageError("EQUINOX", f"applies only to CFRAME=FK4 or FK5, not {frame}")

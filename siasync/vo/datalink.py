@@ -21,7 +21,7 @@ from siasync.errors import UsageError
 from siasync.uws.params import RawParams
 from siasync.vo import soda
 from siasync.vo.obscore import DATALINK_MIME, Datasets
-from siasync.vo.votable import HEAD, TAIL, Col, info, status, table
+from siasync.vo.votable import HEAD, TAIL, Col, Param, info, service_descriptor, status, table
 
 STANDARD_ID = "ivo://ivoa.net/std/DataLink#links-1.1"
 #: the DataLink 1.1 links table
@@ -55,6 +55,13 @@ def parse_ids(raw: RawParams) -> list[str]:
     if formats and formats[0].split(";")[0].strip().lower() not in _RESPONSE_FORMATS:
         raise UsageError("RESPONSEFORMAT", f"{formats[0]!r} is not offered; the answer is a VOTable")
     return [v for n, v in raw if n == "ID"]
+
+
+def descriptor(base: str, column: str) -> str:
+    """The DataLink service descriptor of a discovery answer: each row's ID is in ``column`` (its FIELD's ID)."""
+    return service_descriptor("datalink", STANDARD_ID, f"{base}/datalink",
+                              [Param("ID", ref=column, ucd="meta.id;meta.main")],
+                              "links of each image: the file, a preview, and SODA cutouts")
 
 
 def archive_path(record: ImageRecord) -> str:

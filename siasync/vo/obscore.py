@@ -20,8 +20,7 @@ import numpy as np
 
 from cutout.index import ArchiveIndex
 from cutout.regions import Polygon, RegionError
-from cutout.scan import ImageRecord
-from cutout.siap import BANDPASSES
+from cutout.scan import ImageRecord, bandpass
 from cutout.sky import footprint_circle
 from siasync.vo.votable import Col, cell
 from storage.table import BASE
@@ -149,20 +148,27 @@ class ObsCoreTable:
     def _values(self, record: ImageRecord) -> list:
         """An image's row, in `COLUMNS` order (the access URL with `BASE` for the service's base URL)."""
         (ra, dec), radius = footprint_circle(record.footprint)
-        try:
-            outline = Polygon(tuple(map(tuple, record.footprint))).dali_vertices()
-        except RegionError:  # an image too large to be a polygon of the sky: its circle says where it is
-            outline = None
-        band = BANDPASSES.get(record.band.lower())
-        em_min, em_max = (band[1], band[2]) if band else (None, None)
+        outline = None
+        if record.wide:  # an all-sky map, a hemisphere: its centre pixel says where it is; no polygon outlines it
+            ra, dec = self.datasets.index.geometry(record).centre()
+        else:
+            try:
+                outline = Polygon(tuple(map(tuple, record.footprint))).dali_vertices()
+            except RegionError:
+                outline = None
         did = self.datasets.did(record)
         ny, nx = record.shape
+        t_min = record.t_min if record.t_min is not None else record.mjd
+        t_max = record.t_max if record.t_max is not None else t_min
+        em_min, em_max = record.em_min, record.em_max
+        known = em_min is not None and em_max is not None and em_max > em_min
+        centre = (bandpass(record.band) or ((em_min + em_max) / 2,) if known else (None,))[0]
         return [
             "image", CALIB_LEVEL, record.collection, record.id, did,
-            datalink_url(BASE, did), DATALINK_MIME, max(1, math.ceil(record.filesize / 1000)), None,
+            datalink_url(BASE, did), DATALINK_MIME, max(1, math.ceil(record.filesize / 1000)), record.target,
             ra, dec, 2 * radius, [c for point in outline for c in point] if outline else None, None,
-            nx, ny, record.mjd, record.mjd, None, None, 1 if record.mjd is not None else None,
-            em_min, em_max, band[0] / (band[2] - band[1]) if band else None, 1 if band else None,
-            None, None, None, None, None,
+            nx, ny, t_min, t_max, record.exptime, None, 1 if t_min is not None else None,
+            em_min, em_max, centre / (em_max - em_min) if known else None, 1 if known else None,
+            None, None, None, record.facility, record.instrument,
             f"{record.collection} {record.band} {record.id}", record.scale, record.band,
         ]

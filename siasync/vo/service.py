@@ -62,7 +62,7 @@ class VoService:
         return await asyncio.to_thread(sia2.answer, self.table, query, base, self._descriptors)
 
     def _descriptors(self, base: str) -> str:
-        return sia2.datalink_descriptor(base) + soda.descriptors(base) + sia2.self_descriptor(base)
+        return datalink.descriptor(base, "obs_publisher_did") + soda.descriptors(base) + sia2.self_descriptor(base)
 
     async def links(self, raw: RawParams, base: str) -> str:
         """A DataLink document for the request's IDs."""

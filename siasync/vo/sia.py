@@ -1,31 +1,46 @@
 """Synchronous SIAP 1.0: the ``/sia`` query and the ``/sia/cutout`` product behind each row.
 
 Parameters are parsed with the job parameters' own parsers (`siasync.uws.params`). A query
-row describes the cutout that ``/sia/cutout`` makes for the (field, image) pair, from the
-cutout's header alone (`cutout.engine.cutout_header`); the cutout is the one an async
-job writes for that pair, byte for byte. Files are opened, read and closed in worker
-threads, a fresh `ParentImage` per request (nothing shared between threads), and at
-most ``concurrency`` requests work at once.
+row describes the cutout that ``/sia/cutout`` makes for the (field, image) pair, computed
+from the archive index alone (`cutout.siap.cutout_metadata`: no file is opened per row);
+the cutout is the one an async job writes for that pair, byte for byte. With MODE=mosaic
+or stack, the rows describe the generated products of the field, and their access
+references make them through ``/sia/cutout`` exactly as an async job stages them.
+Files are opened, read and closed in worker threads, a fresh `ParentImage` per request
+(nothing shared between threads), and at most ``concurrency`` requests work at once.
+
+**Failures.** ``/sia`` never answers 500: a failure is a QUERY_STATUS=ERROR VOTable, and
+an image that cannot be described is left out with an INFO naming it. ``/sia/cutout``
+says whether a failure is transient (503 with Retry-After: the archive's storage cannot be
+read now) or permanent (500 naming the damaged image and the reason).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
+from xml.sax.saxutils import escape
 
-from cutout.engine import ParentCache, ParentImage, cut, cutout_header
-from cutout.errors import ArchiveError, FieldError, NoOverlapError
+import numpy as np
+
+from cutout.engine import ParentCache, ParentImage, cut
+from cutout.errors import FieldError, NoOverlapError
 from cutout.index import ArchiveIndex
 from cutout.preview import preview_bytes
 from cutout.scan import ImageRecord
-from cutout.siap import Column, product_metadata
+from cutout.siap import COLUMNS, Column, cutout_constants, generated_metadata
 from cutout.sky import Field, Intersect
 from siasync.errors import NotFound, ServiceError, UsageError
-from siasync.staging.worker import EXTENSIONS, CoaddTask, build_coadd, coadd_bytes, coadd_tasks
+from siasync.staging.worker import EXTENSIONS, CoaddTask, build_coadd, coadd_bytes, coadd_tasks, parent_problem
 from siasync.uws.params import (
     FORMATS,
     GENERATION_PARAMETERS,
@@ -39,24 +54,48 @@ from siasync.uws.params import (
     parse_members,
     parse_pos,
     parse_size,
+    products_of,
 )
-from siasync.vo.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document
-from storage.table import render_row, with_base
+from siasync.vo import datalink
+from siasync.vo.sia_votable import LINKED, VERB_COLUMNS, InputParam, error_document, results_document
+from storage.table import BASE, cell_text, render_row, with_base
 
 log = logging.getLogger(__name__)
 FITS = "image/fits"
 #: the formats ``/sia/cutout`` makes
 CUTOUT_FORMATS = ("image/fits", "image/png", "image/jpeg")
 #: parameters given at most once, per endpoint (others repeat, or are ignored as DALI asks)
-_QUERY_SINGLE = ("POS", "SIZE", "FORMAT", "INTERSECT", "VERB")
-_CUTOUT_SINGLE = ("POS", "SIZE", "FORMAT", "MODE", *GENERATION_PARAMETERS)
+_QUERY_SINGLE = ("POS", "SIZE", "FORMAT", "INTERSECT", "VERB", "MODE", *GENERATION_PARAMETERS)
+_CUTOUT_SINGLE = ("POS", "SIZE", "FORMAT", "MODE", "PRODUCT", *GENERATION_PARAMETERS)
+_QUOTED = {m: quote_plus(m, safe=",/") for m in CUTOUT_FORMATS}
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")  # image ids are (`cutout.scan.image_id`): no quoting needed
+#: seconds a client is asked to wait before trying again a cutout whose parent cannot be read now
+RETRY_AFTER_S = 10
+#: errors of the archive's storage that may pass (a disk, a mount, a file handle, memory)
+_TRANSIENT = {errno.EIO, errno.ENOENT, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EMFILE, errno.ENFILE,
+              errno.ENOMEM, errno.EBUSY, errno.EINTR, errno.ENOTCONN, errno.EHOSTDOWN, errno.EACCES}
 
 
 class ArchiveUnavailable(ServiceError):
-    """An indexed archive image that cannot be read now (a server-side fault, not the client's)."""
+    """An indexed archive image that cannot be read now (its storage): try again later."""
 
     status = 503
     name = "ServiceUnavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+class ArchiveDamaged(ServiceError):
+    """An indexed archive image that cannot be cut (damaged, or not what the index says): asking again will not help."""
+
+    status = 500
+    name = "ArchiveError"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether reading an archive image failed for a reason that may pass (storage), not a damaged file."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _TRANSIENT)
 
 
 @dataclass(frozen=True)
@@ -72,6 +111,10 @@ class SiaQuery:
     verb: int | None = None
     collections: tuple[str, ...] = ()
     bands: tuple[str, ...] = ()
+    #: MODE=mosaic or stack: the `StagingRequest` keywords (mode, grid, combine, match_background); empty for cutouts
+    generation: dict = dataclass_field(default_factory=dict)
+    #: the query's own parameters that shape generated products, repeated in their access references
+    echo: tuple[tuple[str, str], ...] = ()
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -102,6 +145,8 @@ class CoaddRequest:
     image_ids: tuple[str, ...] = ()
     collections: tuple[str, ...] = ()
     bands: tuple[str, ...] = ()
+    #: which of the field's generated products (``mosaic-<band>`` or ``stack``), as a job names them
+    product: str | None = None
 
 
 def input_params(limits: Limits) -> tuple[InputParam, ...]:
@@ -109,7 +154,8 @@ def input_params(limits: Limits) -> tuple[InputParam, ...]:
     return (
         InputParam("POS", "char", "ICRS RA,Dec of the field centre, in degrees", "deg", "pos.eq", required=True),
         InputParam("SIZE", "char", f"field width[,height] on the sky, in degrees, at most {limits.max_size_deg:g}: "
-                   "a north-up TAN box centred on POS", "deg", "instr.fov", required=True),
+                   "a north-up TAN box centred on POS; 0: the whole images that contain POS", "deg", "instr.fov",
+                   required=True),
         InputParam("INTERSECT", "char", "how an image must meet the field", default="OVERLAPS",
                    options=tuple(m.value for m in Intersect)),
         InputParam("FORMAT", "char", "formats of the products, comma-separated; METADATA describes this service",
@@ -120,6 +166,9 @@ def input_params(limits: Limits) -> tuple[InputParam, ...]:
                    options=tuple(sorted(limits.collections)), standard=False),
         InputParam("BAND", "char", "only images in these bands (repeatable or comma-separated)",
                    options=tuple(sorted(limits.bands)), standard=False),
+        InputParam("MODE", "char", "cutout: each image's cutout; mosaic: a co-add per band; stack: every band on one "
+                   "grid (with the SIAP image-generation parameters NAXIS, CFRAME, CDELT, ...)", default="cutout",
+                   options=("cutout", "mosaic", "stack"), standard=False),
     )
 
 
@@ -155,13 +204,22 @@ def parse_query(raw: RawParams, limits: Limits) -> SiaQuery:
     if verb is not None and verb not in VERB_COLUMNS:
         raise UsageError("VERB", f"must be 0, 1, 2 or 3, got {verb}")
     metadata = formats == ["METADATA"]
+    field = _field(one, limits, required=not metadata)
+    generation = parse_generation(one, limits, [(field.width, field.height)] if field else [])
+    products = tuple(dict.fromkeys(mime for f in formats for mime in FORMATS[f]))
+    if generation:
+        products = tuple(dict.fromkeys(m for f in formats if FORMATS[f] for m in products_of(generation["mode"], f)))
+    echo = tuple((name, one[name]) for name in ("MODE", *GENERATION_PARAMETERS) if name in one and generation)
+    echo += tuple((name, value) for name in ("COLLECTION", "BAND") for value in values.get(name, []) if generation)
     return SiaQuery(
-        field=_field(one, limits, required=not metadata),
-        products=tuple(dict.fromkeys(mime for f in formats for mime in FORMATS[f])),
+        field=field,
+        products=products,
         intersect=Intersect(parse_choice("INTERSECT", one.get("INTERSECT", "OVERLAPS"), [m.value for m in Intersect])),
         verb=verb,
         collections=parse_members("COLLECTION", values.get("COLLECTION", []), limits.collections),
         bands=parse_members("BAND", values.get("BAND", []), limits.bands),
+        generation=generation,
+        echo=echo,
     )
 
 
@@ -184,7 +242,9 @@ def parse_cutout(raw: RawParams, limits: Limits) -> CutoutRequest | CoaddRequest
     if generation:
         return CoaddRequest(field, mime, generation, tuple(dict.fromkeys(i for i in ids if i)),
                             parse_members("COLLECTION", values.get("COLLECTION", []), limits.collections),
-                            parse_members("BAND", values.get("BAND", []), limits.bands))
+                            parse_members("BAND", values.get("BAND", []), limits.bands), one.get("PRODUCT"))
+    if "PRODUCT" in one:
+        raise UsageError("PRODUCT", "applies only to MODE=mosaic or MODE=stack")
     if len(ids) > 1:
         raise UsageError("ID", "a cutout is of one image; give ID once (several only with MODE=mosaic or stack)")
     if not ids or not ids[0]:
@@ -193,48 +253,173 @@ def parse_cutout(raw: RawParams, limits: Limits) -> CutoutRequest | CoaddRequest
 
 
 def cutout_path(image_id: str, field: Field, mime: str) -> str:
-    """The ``/sia/cutout`` path and query of a product (relative to the service's base URL)."""
-    query = {"ID": image_id, "POS": f"{field.ra!r},{field.dec!r}", "SIZE": f"{field.width!r},{field.height!r}",
-             "FORMAT": mime}
-    return "/sia/cutout?" + urlencode(query, safe=",/")
+    """The ``/sia/cutout`` path and query of a product (relative to the service's base URL).
 
-
-def find_rows(index: ArchiveIndex, query: SiaQuery, max_records: int) -> tuple[list[str], bool]:
-    """The rows of a query, each a ``<TR>`` of all columns with ``{BASE}`` for the base URL.
-
-    Opens each matching image's header only (in the calling thread). Returns the rows
-    and whether they stop at ``max_records``. Images that turn out not to overlap are
-    left out, and so are unreadable ones (logged).
+    Image ids are URL-safe and the numbers need no quoting (as `urlencode` with ``safe=",/"``
+    would write them), so the query is formatted directly: this is per row.
     """
+    image = image_id if _SAFE_ID.fullmatch(image_id) else quote_plus(image_id, safe=",/")
+    return (f"/sia/cutout?ID={image}&POS={field.ra!r},{field.dec!r}"
+            f"&SIZE={_size_text(field)}&FORMAT={_QUOTED.get(mime) or quote_plus(mime, safe=',/')}")
+
+
+def coadd_path(query: SiaQuery, unit: str, mime: str) -> str:
+    """The ``/sia/cutout`` path and query that make one generated product of a ``/sia`` query's field."""
     field = query.field
-    rows: list[str] = []
+    params = [("POS", f"{field.ra!r},{field.dec!r}"), ("SIZE", _size_text(field)), ("FORMAT", mime),
+              *query.echo, ("PRODUCT", unit)]
+    if query.intersect is not Intersect.OVERLAPS:
+        params.append(("INTERSECT", query.intersect.value))
+    return "/sia/cutout?" + urlencode(params, safe=",/")
+
+
+def _size_text(field: Field) -> str:
+    return "0" if field.is_point else f"{field.width!r},{field.height!r}"
+
+
+@dataclass
+class Rows:
+    """The rows of a query, each a ``<TR>`` of all columns with ``{BASE}`` for the base URL."""
+
+    rows: list[str] = dataclass_field(default_factory=list)
+    #: whether they stop at the service's limit
+    overflow: bool = False
+    #: images left out because they could not be described: (image id, reason)
+    omitted: list[tuple[str, str]] = dataclass_field(default_factory=list)
+    #: whether the rows hold the query's columns only (else every column, to be cut down)
+    cut: bool = False
+
+
+class RowTemplates:
+    """Row templates per (image, format): the cells that never change pre-rendered, the others filled per row.
+
+    A row so rendered is the string `storage.table.render_row` makes of
+    `cutout.siap.cutout_metadata` (the tests check it), in a fraction of the time: most of a
+    row is the same for every cutout of an image.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self._templates: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def template(self, record: ImageRecord, geometry: object, mime: str,
+                 columns: tuple[Column, ...] = COLUMNS) -> str:
+        """The row of ``columns`` with every cell filled but those of `VARIABLE` (``{name}`` fields)."""
+        key = (record.id, mime, len(columns))
+        with self._lock:
+            found = self._templates.get(key)
+            if found is not None:
+                return found
+        constants = cutout_constants(record, geometry, mime)
+        # a /sia row is of field 0 and has no result id
+        constants.update(title=f"{record.collection} {record.band} {record.id} field 0", field=0, result_id=None)
+        parts = []
+        for column in columns:
+            if column.name in VARIABLE:
+                parts.append(f"<TD>{{{column.name}}}</TD>")
+            else:
+                parts.append(f"<TD>{cell_text(constants.get(column.name))}</TD>".replace("{", "{{").replace("}", "}}"))
+        template = "<TR>" + "".join(parts) + "</TR>\n"
+        with self._lock:
+            self._templates[key] = template
+            while len(self._templates) > self._size:
+                self._templates.popitem(last=False)
+        return template
+
+    def render(self, record: ImageRecord, geometry: object, box: tuple[int, int, int, int], field: Field,
+               mime: str, access_path: str, columns: tuple[Column, ...] = COLUMNS) -> str:
+        """A ``/sia`` row (field 0, no result id) of the cutout ``box`` of ``record``, of ``columns`` only.
+
+        The values are those of `cutout.siap.cutout_variables`, formatted as `storage.table.render_row`
+        formats them.
+        """
+        y0, y1, x0, x1 = box
+        ny, nx = y1 - y0, x1 - x0
+        if (ny, nx) == geometry.shape:
+            ra, dec = geometry.centre()
+        else:
+            ras, decs = geometry.to_sky(np.array([x0 + (nx - 1) / 2]), np.array([y0 + (ny - 1) / 2]))
+            ra, dec = float(ras[0]), float(decs[0])
+        c1, c2 = geometry.crpix
+        size = record.cutout_filesize((ny, nx)) if mime == "image/fits" else None
+        return self.template(record, geometry, mime, columns).format(
+            access_url=f"{BASE}{escape(access_path)}", ra=repr(ra), dec=repr(dec), naxis=f"{nx} {ny}",
+            crpix=f"{c1 - x0!r} {c2 - y0!r}", filesize="" if size is None else str(size),
+            field_ra=repr(field.ra), field_dec=repr(field.dec))
+
+
+#: the cells of a /sia row filled per row
+VARIABLE = ("ra", "dec", "naxis", "crpix", "filesize", "field_ra", "field_dec", "access_url")
+
+
+def find_rows(index: ArchiveIndex, query: SiaQuery, max_records: int, templates: RowTemplates | None = None) -> Rows:
+    """The rows of a query, from the index alone (no file is opened).
+
+    Images that turn out not to overlap are left out, and so are those that cannot be
+    described (logged, and listed in `Rows.omitted`).
+    """
+    if query.generation:
+        return _generated_rows(index, query, max_records)
+    templates = templates or RowTemplates()
+    field = query.field
+    found = Rows(cut=True)
     for record in index.lookup(field, query.intersect, query.collections, query.bands):
-        if len(rows) + len(query.products) > max_records:
-            return rows, True
+        if len(found.rows) + len(query.products) > max_records:
+            found.overflow = True
+            return found
         try:
-            with ParentImage(index.path_of(record), record.hdu, record.id, record.path) as parent:
-                head = cutout_header(parent, field)
+            geometry = index.geometry(record)
+            box = geometry.box(field)
+            rows = [templates.render(record, geometry, box, field, mime, cutout_path(record.id, field, mime),
+                                     query.columns) for mime in query.products]
         except NoOverlapError:
             continue
-        except (ArchiveError, OSError, ValueError) as exc:
-            log.warning("/sia: %s skipped: %s", record.path, exc)
+        except Exception as exc:  # one image never takes the query down
+            log.warning("/sia: %s", parent_problem(record, exc))
+            found.omitted.append((record.id, parent_problem(record, exc)))
             continue
-        for mime in query.products:
-            values = product_metadata(head.header, head.shape, record, field, 0, mime,
-                                      head.filesize if mime == FITS else None, None)
-            rows.append(render_row(values, cutout_path(record.id, field, mime)))
-    return rows, False
+        found.rows += rows
+    return found
 
 
-def answer(index: ArchiveIndex, query: SiaQuery, base: str, max_records: int) -> str:
-    """The VOTable answering a (non-metadata) query, links absolute from ``base``."""
-    rows, overflow = find_rows(index, query, max_records)
+def _generated_rows(index: ArchiveIndex, query: SiaQuery, max_records: int) -> Rows:
+    """Rows of MODE=mosaic or stack: the field's generated products, described from their grid."""
     field = query.field
-    description = (f"siasync SIAP 1.0: cutouts of archive images for POS={field.ra:g},{field.dec:g} "
-                   f"SIZE={field.width:g},{field.height:g} INTERSECT={query.intersect.value}")
-    message = f"the response stops at the service's limit of {max_records} rows" if overflow else ""
-    return results_document(query.columns, (with_base(row, base) for row in rows), description,
-                            "OVERFLOW" if overflow else "OK", message)
+    found = Rows()
+    records = index.lookup(field, Intersect.OVERLAPS, query.collections, query.bands)
+    options = {k: v for k, v in query.generation.items() if k not in ("mode", "grid")}
+    tasks = coadd_tasks(0, field, records, [str(index.path_of(r)) for r in records], query.generation["mode"],
+                        query.generation["grid"], query.products, **options)
+    for task in tasks:
+        mimes = [m for m in task.products
+                 if not (task.unit == "stack" and m != "image/fits" and "image/fits" in task.products
+                         and len(task.bands) < 3)]  # a FITS stack's preview is in colour, or none
+        for mime in mimes:
+            if len(found.rows) >= max_records:
+                found.overflow = True
+                return found
+            values = generated_metadata(task.grid.header(), task.grid.shape, task.records, field, 0, mime, None, None)
+            found.rows.append(render_row(values, coadd_path(query, task.unit, mime)))
+    return found
+
+
+def answer(index: ArchiveIndex, query: SiaQuery, base: str, max_records: int,
+           templates: RowTemplates | None = None) -> str:
+    """The VOTable answering a (non-metadata) query, links absolute from ``base``."""
+    found = find_rows(index, query, max_records, templates)
+    field = query.field
+    size = "0 (whole images containing POS)" if field.is_point else f"{field.width:g},{field.height:g}"
+    what = f"MODE={query.generation['mode']} products" if query.generation else "cutouts"
+    description = (f"siasync SIAP 1.0: {what} of archive images for POS={field.ra:g},{field.dec:g} "
+                   f"SIZE={size} INTERSECT={query.intersect.value}")
+    message = f"the response stops at the service's limit of {max_records} rows" if found.overflow else ""
+    notes = [("OMITTED", image_id, reason) for image_id, reason in found.omitted]
+    # each row's parent image has a DataLink document: its file, a preview and SODA (when the column is shown)
+    links = datalink.descriptor(base, LINKED) if any(c.name == LINKED for c in query.columns) else ""
+    return results_document(query.columns, (with_base(row, base) for row in found.rows), description,
+                            "OVERFLOW" if found.overflow else "OK", message, notes=notes, cut=found.cut,
+                            resources=links)
 
 
 def make_cutout(path: Path, record: ImageRecord, field: Field, mime: str) -> bytes:
@@ -245,17 +430,23 @@ def make_cutout(path: Path, record: ImageRecord, field: Field, mime: str) -> byt
     UsageError
         When the field does not overlap the image (naming POS).
     ArchiveUnavailable
-        When the image cannot be read.
+        When the image cannot be read now (its storage: 503, try again).
+    ArchiveDamaged
+        When the image cannot be cut: damaged, or not what the index says (500, with the reason).
     """
     try:
         with ParentImage(path, record.hdu, record.id, record.path) as parent:
             piece = cut(parent, field)
+            return piece.to_fits() if mime == FITS else preview_bytes(piece.data, mime)
     except NoOverlapError as exc:
         raise UsageError("POS", f"the field does not overlap image {record.id}: {exc}") from None
-    except (ArchiveError, OSError, ValueError) as exc:
-        log.warning("/sia/cutout: %s cannot be read: %s", record.path, exc)
-        raise ArchiveUnavailable(f"image {record.id} cannot be read from the archive now") from None
-    return piece.to_fits() if mime == FITS else preview_bytes(piece.data, mime)
+    except Exception as exc:
+        problem = parent_problem(record, exc)
+        log.warning("/sia/cutout: %s", problem)
+        if is_transient(exc):
+            raise ArchiveUnavailable(f"image {record.id} cannot be read from the archive now: "
+                                     f"{problem.split(' skipped: ', 1)[-1]}") from None
+        raise ArchiveDamaged(f"image {record.id} cannot be cut: {problem.split(' skipped: ', 1)[-1]}") from None
 
 
 def make_coadd(task: CoaddTask, mime: str) -> bytes:
@@ -265,17 +456,27 @@ def make_coadd(task: CoaddTask, mime: str) -> bytes:
     ------
     UsageError
         When no input covers the grid (naming POS).
+    ArchiveUnavailable
+        When no input could be read now (503, try again).
+    ArchiveDamaged
+        When the product cannot be made (500, with the reason).
     """
     cache = ParentCache()
     try:
         mosaics, warnings = build_coadd(task, cache)
+        for warning in warnings:
+            log.warning("/sia/cutout: %s", warning)
+        data = coadd_bytes(task, mosaics, mime)
     except NoOverlapError as exc:
         raise UsageError("POS", str(exc)) from None
+    except Exception as exc:
+        log.warning("/sia/cutout: %s of field %s not made: %s: %s", task.unit, task.field_index,
+                    type(exc).__name__, exc)
+        if is_transient(exc):
+            raise ArchiveUnavailable(f"{task.unit} cannot be made now: {exc}") from None
+        raise ArchiveDamaged(f"{task.unit} cannot be made: {type(exc).__name__}: {exc}") from None
     finally:
         cache.clear()
-    for warning in warnings:
-        log.warning("/sia/cutout: %s", warning)
-    data = coadd_bytes(task, mosaics, mime)
     assert data is not None  # only a FITS stack's extra preview is ever left out
     return data
 
@@ -298,18 +499,26 @@ class SiaService:
         self.index, self.limits, self.max_records = index, limits, max_records
         #: the requests reading the archive at once (``slots``: shared with other services, else ``concurrency``)
         self._slots = slots or asyncio.Semaphore(concurrency)
+        self._templates = RowTemplates()
 
     async def query(self, raw: RawParams, base: str) -> str:
-        """The VOTable answering a query; a malformed one gets QUERY_STATUS ERROR naming the parameter."""
+        """The VOTable answering a query; a malformed one gets QUERY_STATUS ERROR naming the parameter.
+
+        Never raises: an unexpected failure is a QUERY_STATUS ERROR document too.
+        """
         try:
             query = parse_query(raw, self.limits)
         except UsageError as exc:
             return error_document(exc.message)
-        if not query.products:
-            return results_document(query.columns, [], "siasync SIAP 1.0 metadata: the input parameters "
-                                    "and the columns of a response", params=input_params(self.limits))
-        async with self._slots:
-            return await asyncio.to_thread(answer, self.index, query, base, self.max_records)
+        try:
+            if not query.products:
+                return results_document(query.columns, [], "siasync SIAP 1.0 metadata: the input parameters "
+                                        "and the columns of a response", params=input_params(self.limits))
+            async with self._slots:
+                return await asyncio.to_thread(answer, self.index, query, base, self.max_records, self._templates)
+        except Exception as exc:  # /sia never answers 500
+            log.exception("/sia failed")
+            return error_document(f"the query could not be answered: {type(exc).__name__}: {exc}")
 
     async def cutout(self, raw: RawParams) -> tuple[bytes, str, str]:
         """One cutout: its bytes, MIME type and file name.
@@ -354,9 +563,16 @@ class SiaService:
                                                                               else ""))
         bands = sorted({r.band for r in records})
         mode = request.generation["mode"]
+        options = {k: v for k, v in request.generation.items() if k != "mode"}
+        tasks = coadd_tasks(0, request.field, records, [str(self.index.path_of(r)) for r in records], mode,
+                            options.pop("grid"), (request.mime,), **options)
+        if request.product is not None:
+            chosen = [t for t in tasks if t.unit == request.product]
+            if not chosen:
+                raise UsageError("PRODUCT", f"the field's products are {', '.join(t.unit for t in tasks)}; "
+                                            f"got {request.product!r}")
+            return chosen[0]
         if mode == "mosaic" and len(bands) > 1:
             raise UsageError("BAND", f"a mosaic is of one band, and the field has images in {', '.join(bands)}: "
                                      "give BAND (or MODE=stack for every band)")
-        options = {k: v for k, v in request.generation.items() if k != "mode"}
-        return coadd_tasks(0, request.field, records, [str(self.index.path_of(r)) for r in records], mode,
-                           options.pop("grid"), (request.mime,), **options)[0]
+        return tasks[0]

@@ -19,6 +19,7 @@ import numpy as np
 
 from cutout.index import ArchiveIndex
 from cutout.regions import Circle, Polygon, Range, RegionError, parse_shape
+from cutout.scan import ImageRecord
 from cutout.sky import MAX_FIELD_DEG, Field, Intersect
 from siasync.errors import UsageError
 from siasync.uws.params import RawParams, parse_int
@@ -156,12 +157,25 @@ def _in_region(index: ArchiveIndex, region: Circle | Polygon | Range, wanted: np
     else:
         subset = wanted.copy()
     hits = np.zeros_like(subset)
-    chosen = np.flatnonzero(subset)
-    if len(chosen):
+    chosen = [i for i in np.flatnonzero(subset) if not index.records[i].wide]
+    if chosen:
         size = max(len(index.records[i].footprint) for i in chosen)
         footprints = np.stack([_padded(index.records[i].footprint, size) for i in chosen])
         hits[chosen] = region.meets(footprints)
+    for i in np.flatnonzero(subset):  # all-sky maps, hemispheres: through their WCS
+        if index.records[i].wide:
+            hits[i] = _wide_meets(index, index.records[i], region)
     return hits
+
+
+def _wide_meets(index: ArchiveIndex, record: ImageRecord, region: Circle | Polygon | Range) -> bool:
+    """Whether a wide image (too large for a polygon) has a pixel at one of the region's points: its outline,
+    its centre and a grid across it (an image wider than the region holds some of them if it meets it)."""
+    ra, dec = region.samples()
+    x, y = index.geometry(record).to_pixels(ra, dec)
+    ny, nx = record.shape
+    inside = np.isfinite(x) & np.isfinite(y) & (x >= -0.5) & (x <= nx - 0.5) & (y >= -0.5) & (y <= ny - 0.5)
+    return bool(inside.any())
 
 
 def _padded(polygon: np.ndarray, size: int) -> np.ndarray:
@@ -185,14 +199,6 @@ def answer(table: ObsCoreTable, query: Sia2Query, base: str, descriptors: Callab
             + "</TABLEDATA></DATA>\n</TABLE>\n"
             + (status("OVERFLOW", message) if overflow else "")
             + "</RESOURCE>\n" + descriptors(base) + TAIL)
-
-
-def datalink_descriptor(base: str) -> str:
-    """The DataLink service descriptor of a SIA 2.0 answer: each row's ID is its ``obs_publisher_did``."""
-    return service_descriptor(
-        "datalink", "ivo://ivoa.net/std/DataLink#links-1.1", f"{base}/datalink",
-        [Param("ID", ref="obs_publisher_did", ucd="meta.id;meta.main")],
-        "links of each image: the file, a preview, and SODA cutouts")
 
 
 def self_descriptor(base: str) -> str:

@@ -26,8 +26,7 @@ from datetime import UTC, datetime
 
 from cutout.regions import Circle, Polygon, Range, RegionError, parse_shape
 from cutout.scan import ImageRecord
-from cutout.siap import BANDPASSES
-from cutout.sky import Field
+from cutout.sky import Field, footprint_circle
 from siasync.errors import MultiValuedParamNotSupported, UnknownDataset, UsageError
 from siasync.uws.params import JobControl, Limits, RawParams, StagingRequest, parse_control
 from siasync.vo.obscore import Datasets
@@ -110,12 +109,13 @@ def _selected(record: ImageRecord, values: Mapping[str, list[str]]) -> bool:
     band_text, time_text = _single(values, "BAND"), _single(values, "TIME")
     if band_text is not None:
         lo, hi = parse_interval("BAND", band_text)
-        known = BANDPASSES.get(record.band.lower())
-        if known is None or known[2] < lo or known[1] > hi:
+        if record.em_min is None or record.em_max is None or record.em_max < lo or record.em_min > hi:
             return False
     if time_text is not None:
         lo, hi = parse_interval("TIME", time_text)
-        if record.mjd is None or not lo <= record.mjd <= hi:
+        start = record.t_min if record.t_min is not None else record.mjd
+        end = record.t_max if record.t_max is not None else start
+        if start is None or end < lo or start > hi:
             return False
     return True
 
@@ -190,12 +190,15 @@ def _inputs(identifier: Param, record: ImageRecord | None = None) -> list[Param]
     """The input PARAMs of a SODA descriptor; with ``record``, the ranges that image covers."""
     circle = polygon = band = time = None
     if record is not None:
-        ra, dec, radius = Polygon(tuple(map(tuple, record.footprint))).cap()
+        (ra, dec), radius = footprint_circle(record.footprint)
         circle = f"{ra!r} {dec!r} {radius!r}"
-        polygon = " ".join(repr(float(c)) for point in record.footprint for c in point)
-        known = BANDPASSES.get(record.band.lower())
-        band = known and (repr(known[1]), repr(known[2]))
-        time = record.mjd is not None and (repr(record.mjd), repr(record.mjd))
+        if not record.wide:  # an all-sky map's rim is no polygon of the sky
+            polygon = " ".join(repr(float(c)) for point in record.footprint for c in point)
+        if record.em_min is not None and record.em_max is not None:
+            band = (repr(record.em_min), repr(record.em_max))
+        start = record.t_min if record.t_min is not None else record.mjd
+        if start is not None:
+            time = (repr(start), repr(record.t_max if record.t_max is not None else start))
     return [
         identifier,
         Param("POS", ucd="pos.outline;obs", description="CIRCLE lon lat r, RANGE lon1 lon2 lat1 lat2, or "

@@ -70,7 +70,8 @@ def _choices(values: Iterable[str]) -> Schema:
 _INSTANT = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)
 POS = Param("POS", "a field centre, ra,dec in ICRS degrees; several in one value separated by ';' or new lines",
             example="150.1,2.2", repeat=True)
-SIZE = Param("SIZE", "the field's width[,height] in degrees (at most the service's limit)", example="0.01")
+SIZE = Param("SIZE", "the field's width[,height] in degrees (at most the service's limit); 0: the whole images "
+             "that contain POS (SIAP 1.0 SIZE=0)", example="0.01")
 FORMAT = Param("FORMAT", "products per (field, image); case-insensitive", _choices(FORMATS), "image/fits")
 INTERSECT = Param("INTERSECT", "how an image must meet the field", _choices(m.value for m in Intersect), "OVERLAPS")
 COLLECTION = Param("COLLECTION", "only images of these collections (comma-separated or repeated)", repeat=True)
@@ -104,9 +105,11 @@ _JOB = {p.name: p for p in (
 JOB_PARAMS = tuple(_JOB.get(name, Param(name, f"the job parameter {name}")) for name in JOB_PARAMETERS)
 SIA = (POS, SIZE, INTERSECT, Param("FORMAT", "formats of the products, comma-separated; METADATA describes the "
                                    "service", example="ALL"),
-       Param("VERB", "columns: 0 the required ones to 3 all", _choices("0123"), "1"), COLLECTION, BAND)
+       Param("VERB", "columns: 0 the required ones to 3 all", _choices("0123"), "1"), COLLECTION, BAND, *GENERATION)
 CUTOUT = (Param("ID", "the archive image id of a /sia row (several, with MODE=mosaic or stack)", example="demo",
-                repeat=True), POS, SIZE, FORMAT, COLLECTION, BAND, *GENERATION)
+                repeat=True), POS, SIZE, FORMAT, COLLECTION, BAND, *GENERATION,
+          Param("PRODUCT", "with MODE=mosaic or stack: which of the field's products (mosaic-BAND or stack), as a "
+                "/sia row's access reference names it", example="mosaic-r"))
 _INTERVAL = "an interval 'lo hi' or one value, -Inf and +Inf for open ends"
 SIA2 = (Param("POS", "CIRCLE lon lat r, RANGE lon1 lon2 lat1 lat2 or POLYGON lon1 lat1 lon2 lat2 ... (ICRS deg)",
               example="CIRCLE 150.1 2.2 0.05", repeat=True),

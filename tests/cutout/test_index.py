@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 import shutil
@@ -208,17 +209,21 @@ def test_unindexable_files_are_skipped_with_one_warning_each(tmp_path: Path, cap
     (tmp_path / "notes.fits").write_text("this is not FITS at all\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "truncated.fits").write_bytes((tmp_path / "good.fits").read_bytes()[:1000])
-    (tmp_path / "sub" / "zipped.fits.gz").write_bytes(b"\x1f\x8b\x08\x00rest")
+    (tmp_path / "sub" / "zipped.fits.gz").write_bytes(gzip.compress((tmp_path / "good.fits").read_bytes()))
+    (tmp_path / "sub" / "notes.txt.gz").write_bytes(gzip.compress(b"plain text"))
     (tmp_path / "README.txt").write_text("not looked at")
     with caplog.at_level(logging.WARNING, logger="cutout.scan"):
         index, skipped = ArchiveIndex.build(tmp_path)
     assert [r.path for r in index.records] == ["good.fits"]
-    assert sorted(s.path for s in skipped) == ["notes.fits", "nowcs.fits", "sub/truncated.fits",
+    assert sorted(s.path for s in skipped) == ["notes.fits", "nowcs.fits", "sub/notes.txt.gz", "sub/truncated.fits",
                                                "sub/zipped.fits.gz", "table.fits"]
     warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 5
+    assert len(warned) == 6
     assert any("notes.fits: not a FITS file" in m for m in warned)
-    assert any("zipped.fits.gz: gzip" in m for m in warned)
+    assert any("zipped.fits.gz: gzip-compressed FITS" in m for m in warned)
+    assert any("notes.txt.gz: a gzip file that does not hold FITS" in m for m in warned)
+    assert any("truncated.fits: truncated" in m for m in warned)
+    assert {s.path: s.cause for s in skipped}["sub/truncated.fits"] == "truncated"
     assert any("nowcs.fits: no 2-D image HDU with a celestial WCS" in m for m in warned)
 
 

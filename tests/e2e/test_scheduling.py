@@ -67,8 +67,10 @@ def test_the_quote_is_empty_before_any_measurement_then_predicts_completion(stag
         pending = submit(fresh, POS="150.1,2.2", SIZE="0.01")
         assert info(pending)["quote"] is None
         # the measurement comes from pairs of the kind the quoted job makes: those of other collections cost
-        # more, and so would the first reads of parents the quoted job's fields share
-        assert wait_final(submit(fresh, POS=fields(50, 3), SIZE="0.01", COLLECTION="DEMO-WIDE", BAND="r",
+        # more, and so would the first reads of parents the quoted job's fields share. Enough of them that the
+        # first open of each parent by each worker (about 10 ms, against under 2 ms a pair since rows come
+        # from the index) does not weigh on the rate
+        assert wait_final(submit(fresh, POS=fields(400, 3), SIZE="0.01", COLLECTION="DEMO-WIDE", BAND="r",
                                  PHASE="RUN")).phase == "COMPLETED"
         job = submit(fresh, POS=fields(1000, 4), SIZE="0.01", COLLECTION="DEMO-WIDE", BAND="r", PHASE="RUN")
         deadline = time.monotonic() + 30

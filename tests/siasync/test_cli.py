@@ -38,6 +38,14 @@ def test_archive_index_writes_a_loadable_index_and_reports_skips(tmp_path: Path)
     assert "indexed 1 images" in result.stdout and "skipped 1 files" in result.stdout
     assert result.stderr.count("WARNING") == 1 and "broken.fits: not a FITS file" in result.stderr
     assert [r.path for r in ArchiveIndex.load(tmp_path).records] == ["a/img.fits"]
+    assert "1 read, 0 unchanged" not in result.stdout and "2 read, 0 unchanged, 0 removed" in result.stdout
+    again = run("archive", "index", str(tmp_path))  # incremental: nothing changed, nothing is read
+    assert "0 read, 2 unchanged, 0 removed" in again.stdout and "skipped 1 files (1 not FITS)" in again.stdout
+    assert again.stderr.count("WARNING") == 0  # a skipped file is reported when it is read, not again
+    (tmp_path / "broken.fits").unlink()
+    fits.PrimaryHDU(np.ones((32, 32), np.float32), w.to_header()).writeto(tmp_path / "a" / "img.fits", overwrite=True)
+    third = run("archive", "index", str(tmp_path))
+    assert "1 read, 0 unchanged, 1 removed" in third.stdout and "indexed 1 images" in third.stdout
     out = tmp_path / "elsewhere" / "idx.sqlite"
     assert run("archive", "index", str(tmp_path), "--output", str(out)).returncode == 0
     assert ArchiveIndex.load(out).root == tmp_path.resolve()

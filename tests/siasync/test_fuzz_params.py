@@ -146,9 +146,11 @@ def _lines(value: str) -> list[str]:
 @MANY
 @given(sizes)
 @example("0.1\x1e")  # \s matches the record separator; float() refuses it
-def test_size_is_one_or_two_positive_numbers_up_to_the_limit_or_a_size_error(text: str) -> None:
+def test_size_is_one_or_two_positive_numbers_up_to_the_limit_or_zero_or_a_size_error(text: str) -> None:
     value = raises_named("SIZE", parse_size, text, LIMITS.max_size_deg)
-    if value is not None:
+    if value == (0.0, 0.0):  # SIAP 1.0 SIZE=0: every number given is zero
+        assert all(float(part) == 0 for part in text.split(","))
+    elif value is not None:
         assert len(value) == 2 and all(0 < s <= LIMITS.max_size_deg and math.isfinite(s) for s in value)
         if "," not in text:
             assert value[0] == value[1]

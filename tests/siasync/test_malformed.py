@@ -28,7 +28,7 @@ CREATE_CASES = [
     ("POS one good one bad", {"POS": ["150.1,2.2", "150.1,95"]}, "POS"),
     ("too many POS", {"POS": MANY}, "POS"),
     ("no SIZE", {"SIZE": None}, "SIZE"),
-    ("SIZE zero", {"SIZE": "0"}, "SIZE"),
+    ("SIZE zero and not", {"SIZE": "0,0.1"}, "SIZE"),
     ("SIZE negative", {"SIZE": "-0.1"}, "SIZE"),
     ("SIZE NaN", {"SIZE": "NaN"}, "SIZE"),
     ("SIZE too large", {"SIZE": "5"}, "SIZE"),

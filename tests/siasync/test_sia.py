@@ -166,7 +166,8 @@ def test_metadata_query_describes_inputs_and_columns(client: TestClient) -> None
     table = votable(client.get("/sia", params={"FORMAT": "METADATA"}))
     assert status(table)[0] == "OK"
     params = {p.name: p for p in table.resources[0].params}
-    assert set(params) == {f"INPUT:{n}" for n in ("POS", "SIZE", "INTERSECT", "FORMAT", "VERB", "COLLECTION", "BAND")}
+    assert set(params) == {f"INPUT:{n}" for n in ("POS", "SIZE", "INTERSECT", "FORMAT", "VERB", "COLLECTION", "BAND",
+                                                  "MODE")}
     assert all(p.description for p in params.values())
     assert [value for _, value in params["INPUT:INTERSECT"].values.options] == [m.value for m in Intersect]
     assert {value for _, value in params["INPUT:COLLECTION"].values.options} == {"DEMO-WIDE", "DEMO-DEEP", "DEMO-POLE"}
@@ -185,7 +186,7 @@ BAD_QUERIES = [
     ("two POS", [("POS", "150,2"), ("POS", "151,2"), ("SIZE", "0.1")], "POS"),
     ("POS list", {**FIELD, "POS": "150,2;151,2"}, "POS"),
     ("POS Dec over 90", {**FIELD, "POS": "150,91"}, "POS"),
-    ("SIZE zero", {**FIELD, "SIZE": "0"}, "SIZE"),
+    ("SIZE zero and not", {**FIELD, "SIZE": "0,0.1"}, "SIZE"),
     ("SIZE too large", {**FIELD, "SIZE": "5"}, "SIZE"),
     ("SIZE text", {**FIELD, "SIZE": "wide"}, "SIZE"),
     ("FORMAT unknown", {**FIELD, "FORMAT": "image/gif"}, "FORMAT"),
@@ -202,7 +203,7 @@ BAD_QUERIES = [
 
 
 #: the cases whose parameters /async takes too, with the same meaning
-SHARED = {"no SIZE", "POS three numbers", "POS not numbers", "POS Dec over 90", "SIZE zero", "SIZE too large",
+SHARED = {"no SIZE", "POS three numbers", "POS not numbers", "POS Dec over 90", "SIZE zero and not", "SIZE too large",
           "SIZE text", "FORMAT unknown", "INTERSECT unknown", "COLLECTION unknown", "BAND unknown"}
 
 
@@ -282,7 +283,7 @@ def test_parsers_reject_without_http(demo_index: ArchiveIndex) -> None:
         asyncio.run(SiaService(demo_index, limits, 1, 10).cutout([("ID", "nope"), ("POS", "1,2"), ("SIZE", "1")]))
 
 
-def test_unreadable_parents_are_left_out_of_queries_and_answer_503(tmp_path: Path, demo_index: ArchiveIndex) -> None:
+def test_damaged_parents_answer_500_and_unreachable_ones_503(tmp_path: Path, demo_index: ArchiveIndex) -> None:
     field = Field(150.1, 2.2, 0.02, 0.02)
     record = demo_index.lookup(field, bands=["g"], collections=["DEMO-WIDE"])[0]
     copy = tmp_path / record.path
@@ -291,10 +292,17 @@ def test_unreadable_parents_are_left_out_of_queries_and_answer_503(tmp_path: Pat
     broken = ArchiveIndex(tmp_path, [record])
     service = SiaService(broken, limits_for(Settings(), broken), 1, 10)
     body = asyncio.run(service.query([("POS", "150.1,2.2"), ("SIZE", "0.02")], BASE))
-    assert 'value="OK"' in body and "<TR>" not in body
-    with pytest.raises(sia_module.ArchiveUnavailable) as info:
-        asyncio.run(service.cutout([("ID", record.id), ("POS", "150.1,2.2"), ("SIZE", "0.02")]))
-    assert info.value.status == 503 and record.id in info.value.message
+    assert 'value="OK"' in body and body.count("<TR>") == 2  # rows come from the index: no file is opened
+    raw = [("ID", record.id), ("POS", "150.1,2.2"), ("SIZE", "0.02")]
+    with pytest.raises(sia_module.ArchiveDamaged) as damaged:  # permanent: asking again will not help
+        asyncio.run(service.cutout(raw))
+    assert damaged.value.status == 500 and record.id in damaged.value.message
+    assert "Retry-After" not in damaged.value.headers
+    copy.unlink()  # the archive's storage is gone (an unmounted disk): transient
+    with pytest.raises(sia_module.ArchiveUnavailable) as unavailable:
+        asyncio.run(service.cutout(raw))
+    assert unavailable.value.status == 503 and record.id in unavailable.value.message
+    assert unavailable.value.headers["Retry-After"] == str(sia_module.RETRY_AFTER_S)
 
 
 def test_cutouts_run_off_the_loop_at_most_n_at_once(demo_index: ArchiveIndex, monkeypatch: pytest.MonkeyPatch) -> None:

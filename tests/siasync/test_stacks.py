@@ -47,7 +47,7 @@ def test_stack_job_makes_one_aligned_cube_and_a_colour_preview_per_field(client:
         assert row["filesize"] == len(data)
         assert row["bandpass_id"] == "g,r,i"
         if row["format"] == "image/png":
-            assert row["pixflags"] == "FV" and Image.open(io.BytesIO(data)).mode == "RGB"
+            assert row["pixflags"] == "V" and Image.open(io.BytesIO(data)).mode == "RGB"
             continue
         assert row["pixflags"] == "F"
         with fits.open(io.BytesIO(data)) as hdul:

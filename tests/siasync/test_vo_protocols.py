@@ -21,7 +21,7 @@ from litestar.testing import TestClient
 from lxml import etree
 
 from cutout.index import ArchiveIndex
-from cutout.siap import BANDPASSES
+from cutout.scan import BANDPASSES
 from cutout.sky import Field, footprint_circle
 from siasync.app import create_app
 from siasync.settings import Settings
@@ -127,8 +127,11 @@ def test_sia2_constraints_combine_or_within_and_across(client: TestClient, demo_
     assert list(rows["obs_id"]) == [one.id]  # the DID's authority compares case-insensitively
     _, rows = sia2(client, {"CALIB": "3"})
     assert len(rows) == 0
-    for param in ("SPATRES", "EXPTIME"):  # no image has these values: a constraint on them matches nothing
-        assert len(sia2(client, {param: "-Inf +Inf"})[1]) == 0
+    assert len(sia2(client, {"SPATRES": "-Inf +Inf"})[1]) == 0  # no image has a resolution: nothing matches
+    shortest = min(r.exptime for r in demo_index.records if r.exptime is not None)
+    _, rows = sia2(client, {"EXPTIME": f"-Inf {shortest!r}"})
+    assert set(rows["obs_id"]) == {r.id for r in demo_index.records if r.exptime == shortest}
+    assert set(rows["t_exptime"]) == {shortest}
 
 
 def test_sia2_rows_describe_their_images(client: TestClient, demo_index: ArchiveIndex) -> None:
@@ -261,7 +264,7 @@ def test_soda_sync_answers_204_without_pixels_and_errors_by_the_standard(client:
     image = did(record.id)
     empty = client.get("/soda/sync", params={"ID": image, "CIRCLE": "10 10 0.01"})
     assert empty.status_code == 204 and empty.content == b""
-    other_band = next(b for b in BANDPASSES.values() if b != BANDPASSES[record.band.lower()])
+    other_band = next(b for b in BANDPASSES.values() if b[2] < record.em_min or b[1] > record.em_max)
     assert client.get("/soda/sync", params={"ID": image, "CIRCLE": "150.1 2.2 0.01",
                                             "BAND": f"{other_band[0]!r}"}).status_code == 204
     for params, status, start in [
@@ -352,3 +355,17 @@ def test_capabilities_list_the_new_services_beside_each_of_them(client: TestClie
         assert urls["ivo://ivoa.net/std/SODA#async-1.0"] == f"{BASE}/soda/async"
         assert client.get(f"{root}/availability").status_code == 200
     assert client.get("/sia2/query/capabilities").status_code == 404  # pyvo looks there first
+
+
+def test_siap_rows_link_their_images_datalink_documents(client: TestClient, demo_index: ArchiveIndex) -> None:
+    answer = client.get("/sia", params={"POS": "150.1,2.2", "SIZE": "0.05", "FORMAT": "image/fits"})
+    root = etree.fromstring(answer.content)
+    assert VOTABLE_XSD.validate(root), VOTABLE_XSD.error_log
+    document = parse_votable(io.BytesIO(answer.content))
+    descriptor = next(r for r in document.resources if r.type == "meta")
+    assert {p.name: p.value for p in descriptor.params}["accessURL"] == f"{BASE}/datalink"
+    assert descriptor.groups[0].entries[0].ref == "parent_id"
+    # VERB=0 has no parent_id column, so no descriptor
+    bare = parse_votable(io.BytesIO(client.get("/sia", params={"POS": "150.1,2.2", "SIZE": "0.05",
+                                                                "VERB": "0"}).content))
+    assert [r.type for r in bare.resources] == ["results"]
