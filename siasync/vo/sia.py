@@ -56,8 +56,7 @@ from siasync.uws.params import (
     parse_size,
     products_of,
 )
-from siasync.vo import datalink
-from siasync.vo.sia_votable import LINKED, VERB_COLUMNS, InputParam, error_document, results_document
+from siasync.vo.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document
 from storage.table import BASE, cell_text, render_row, with_base
 
 log = logging.getLogger(__name__)
@@ -415,11 +414,8 @@ def answer(index: ArchiveIndex, query: SiaQuery, base: str, max_records: int,
                    f"SIZE={size} INTERSECT={query.intersect.value}")
     message = f"the response stops at the service's limit of {max_records} rows" if found.overflow else ""
     notes = [("OMITTED", image_id, reason) for image_id, reason in found.omitted]
-    # each row's parent image has a DataLink document: its file, a preview and SODA (when the column is shown)
-    links = datalink.descriptor(base, LINKED) if any(c.name == LINKED for c in query.columns) else ""
     return results_document(query.columns, (with_base(row, base) for row in found.rows), description,
-                            "OVERFLOW" if found.overflow else "OK", message, notes=notes, cut=found.cut,
-                            resources=links)
+                            "OVERFLOW" if found.overflow else "OK", message, notes=notes, cut=found.cut)
 
 
 def make_cutout(path: Path, record: ImageRecord, field: Field, mime: str) -> bytes:

@@ -62,14 +62,9 @@ def select_cells(row: str, columns: Sequence[Column]) -> str:
     return "<TR>" + "".join(cells[_NAMES.index(c.name)] for c in columns) + "</TR>\n"
 
 
-#: the column a DataLink service descriptor takes each row's ID from: it carries an XML ID
-LINKED = "parent_id"
-
-
 def field_element(column: Column) -> str:
     """The ``<FIELD>`` of a column, as in the ``table`` result."""
-    return ((f'<FIELD ID="{LINKED}"' if column.name == LINKED else "<FIELD")
-            + f" name={quoteattr(column.name)} datatype={quoteattr(column.datatype)}"
+    return (f"<FIELD name={quoteattr(column.name)} datatype={quoteattr(column.datatype)}"
             + (f" arraysize={quoteattr(column.arraysize)}" if column.arraysize else "")
             + (f" ucd={quoteattr(column.ucd)}" if column.ucd else "")
             + (f" unit={quoteattr(column.unit)}" if column.unit else "")
@@ -90,7 +85,7 @@ def param_element(param: InputParam) -> str:
 
 def results_document(columns: Sequence[Column], rows: Iterable[str], description: str, status: str = "OK",
                      message: str = "", params: Sequence[InputParam] = (),
-                     notes: Sequence[tuple[str, str, str]] = (), cut: bool = False, resources: str = "") -> str:
+                     notes: Sequence[tuple[str, str, str]] = (), cut: bool = False) -> str:
     """A complete SIAP 1.0 response: QUERY_STATUS, optional input PARAMs, the FIELDs, and the rows.
 
     Parameters
@@ -108,8 +103,6 @@ def results_document(columns: Sequence[Column], rows: Iterable[str], description
         More INFO elements, e.g. an image left out of the rows and why.
     cut : bool
         Whether the rows hold ``columns`` only already.
-    resources : str
-        More RESOURCE elements after the results, e.g. service descriptors.
     """
     info = (f'<INFO name="QUERY_STATUS" value={quoteattr(status)}>{escape(message)}</INFO>\n' if message
             else f'<INFO name="QUERY_STATUS" value={quoteattr(status)}/>\n')
@@ -119,7 +112,7 @@ def results_document(columns: Sequence[Column], rows: Iterable[str], description
             + "".join(param_element(p) for p in params)
             + "<TABLE>\n" + "".join(field_element(c) for c in columns) + "<DATA><TABLEDATA>\n"
             + "".join(rows if cut else (select_cells(row, columns) for row in rows))
-            + "</TABLEDATA></DATA>\n</TABLE>\n</RESOURCE>\n" + resources + "</VOTABLE>\n")
+            + "</TABLEDATA></DATA>\n</TABLE>\n" + _TAIL)
 
 
 def error_document(message: str) -> str:
