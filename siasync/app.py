@@ -21,7 +21,7 @@ from litestar.template import TemplateConfig
 from cutout.index import ArchiveIndex
 from siasync import __version__
 from siasync.auth import Authenticator
-from siasync.errors import ServiceError
+from siasync.errors import ServiceError, UsageError
 from siasync.settings import Settings
 from siasync.staging.pool import make_pool
 from siasync.staging.scheduler import Scheduler
@@ -34,7 +34,9 @@ from siasync.vo.sia import SiaService
 from siasync.web.http import TEXT
 from siasync.web.pages import Pages
 from storage.files import ResultFiles
-from storage.jobs import JobStore, StoreFull
+from storage.guard import StateLock
+from storage.jobs import JobStore, StoreFull, ValueTooLong
+from storage.runners import Runners
 
 log = logging.getLogger(__name__)
 _HTTP_NAMES = {400: "UsageError", 401: "AuthenticationError", 403: "PermissionDenied", 404: "NotFound",
@@ -52,9 +54,17 @@ def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
                   finest_scale_deg=min((r.scale for r in index.records), default=1.0) / 3600)
 
 
-async def _reaper(service: JobService, interval: float) -> None:
+#: seconds the database may take to answer /availability
+PING_TIMEOUT = 3.0
+
+
+async def _reaper(service: JobService, runners: Runners, interval: float) -> None:
+    """Sweep for expired and overdue jobs, on one server at a time (the holder of the ``reaper`` lease)."""
     while True:
         try:
+            if not await runners.hold("reaper", max(3 * interval, runners.heartbeat_every * 2)):
+                await asyncio.sleep(interval)
+                continue
             destroyed, overdue = await service.reap()
             for job_id in destroyed:
                 log.info("destroyed expired job %s", job_id)
@@ -71,22 +81,48 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        guard = StateLock(settings.state_dir)
+        if settings.sqlite:  # one server per SQLite store: a second one stops here, having touched nothing
+            guard.acquire()
         index = await asyncio.to_thread(ArchiveIndex.load, settings.archive)
-        store = await JobStore.open(settings.database)
+        pool = make_pool(settings.executor, settings.workers)
+        runners_id = Runners.new_id()
+        store = await JobStore.open(settings.database, origin=runners_id)
+        runners = Runners(store, settings.executor, settings.lease_s, runners_id)
         files = ResultFiles(settings.state_dir / "results")
-        await asyncio.to_thread(files.purge_deleted)
         service = JobService(store, files, limits_for(settings, index), settings.wait_max_s, index)
-        executor = Scheduler(service, index, make_pool(settings.executor, settings.workers),
-                             max_jobs=settings.running_jobs, policy=settings.scheduling)
+        store.subscribe(service.changed)
+        listener = None
+        if store.postgres:
+            from storage.notify import Listener
+
+            listener = Listener(settings.database, store, service.resumed)
+            await listener.start()
+        else:  # servers sharing the state directory remove each other's leftovers only at their own risk
+            await asyncio.to_thread(files.purge_deleted)
+        executor = Scheduler(service, index, pool, max_jobs=settings.running_jobs, runners=runners,
+                             policy=settings.scheduling)
         service.executor = executor
         await executor.start()
-        for job_id in await service.requeue_interrupted():
-            await asyncio.to_thread(files.remove_temporaries, job_id)
-            executor.submit(job_id)
-        reaper = asyncio.create_task(_reaper(service, settings.reaper_interval_s), name="reaper")
+        reaper = asyncio.create_task(_reaper(service, runners, settings.reaper_interval_s), name="reaper")
         sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records)
+
+        async def problems() -> list[str]:
+            """What keeps the service from working now: the database, the executor (for /availability)."""
+            found = []
+            if listener is not None and listener.problem is not None:
+                found.append(listener.problem)
+            else:
+                try:
+                    await asyncio.wait_for(store.ping(), PING_TIMEOUT)
+                except Exception as exc:
+                    found.append(f"the database cannot be reached: {exc or type(exc).__name__}")
+            if executor.problem is not None:
+                found.append(f"no job can run: {executor.problem}")
+            return found
+
         app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync,
-                         up_since=datetime.now(UTC))
+                         up_since=datetime.now(UTC), problems=problems)
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
         # collector no longer walks it, and a full collection takes a few ms instead of the 100-150 ms for
         # which it stalled every request on the event loop (bench/staging_bench.py, the poll p99)
@@ -99,7 +135,10 @@ def create_app(settings: Settings) -> Litestar:
             with suppress(asyncio.CancelledError):
                 await reaper
             await executor.close()
+            if listener is not None:
+                await listener.close()
             await store.close()
+            guard.release()
 
     def owner(request: Request, state: State) -> str:
         return state.authenticator.owner(request.headers)
@@ -127,9 +166,9 @@ def create_app(settings: Settings) -> Litestar:
             "owner": Provide(owner, sync_to_thread=False),
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
-                            Exception: _internal_error},
-        template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates", engine=JinjaTemplateEngine,
-                                       engine_callback=_template_filters),
+                            ValueTooLong: _too_long, Exception: _internal_error},
+        template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates",
+                                       engine=JinjaTemplateEngine, engine_callback=_template_filters),
         openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema"),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
@@ -155,6 +194,11 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
         detail = f"request body: {detail}"
     return Response(f"{name}: {detail}\n", status_code=exc.status_code, media_type=TEXT,
                     headers=getattr(exc, "headers", None) or {})
+
+
+def _too_long(request: Request, exc: ValueTooLong) -> Response:
+    """A value longer than its column, which no parameter check caught: a 400 naming the column."""
+    return _service_error(request, UsageError(exc.column, str(exc).partition(": ")[2]))
 
 
 def _store_full(request: Request, exc: StoreFull) -> Response:

@@ -6,10 +6,13 @@ import hmac
 from collections.abc import Mapping
 from pathlib import Path
 
-from siasync.errors import AuthenticationError
+from siasync.errors import AuthenticationError, UsageError
 from siasync.settings import Settings
+from storage.schema import column_limits
 
 ANONYMOUS = "anonymous"
+#: the longest owner name the job store holds
+MAX_OWNER = column_limits()["jobs.owner"]
 
 
 def read_tokens(path: Path) -> dict[str, str]:
@@ -22,6 +25,8 @@ def read_tokens(path: Path) -> dict[str, str]:
         parts = line.split()
         if len(parts) != 2:
             raise ValueError(f"{path}:{number}: expected 'TOKEN OWNER'")
+        if len(parts[1]) > MAX_OWNER:
+            raise ValueError(f"{path}:{number}: the owner name is longer than {MAX_OWNER} characters")
         tokens[parts[0]] = parts[1]
     return tokens
 
@@ -48,6 +53,8 @@ class Authenticator:
             if not user:
                 raise AuthenticationError("no X-Remote-User header from the proxy",
                                           {"WWW-Authenticate": 'Basic realm="siasync"'})
+            if len(user) > MAX_OWNER:
+                raise UsageError("X-Remote-User", f"{len(user)} characters; an owner name has at most {MAX_OWNER}")
             return user
         scheme, _, token = headers.get("authorization", "").partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer realm="siasync"'}
@@ -56,4 +63,5 @@ class Authenticator:
         for known, owner in self._tokens.items():
             if hmac.compare_digest(known.encode(), token.strip().encode()):
                 return owner
-        raise AuthenticationError("unknown token", {"WWW-Authenticate": 'Bearer realm="siasync", error="invalid_token"'})
+        raise AuthenticationError("unknown token",
+                                  {"WWW-Authenticate": 'Bearer realm="siasync", error="invalid_token"'})

@@ -49,3 +49,13 @@ class NotFound(ServiceError):
 
     status = 404
     name = "NotFound"
+
+
+class Unavailable(ServiceError):
+    """The service cannot do this now (its executor or its database is down); try again later."""
+
+    status = 503
+    name = "Unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"Retry-After": "30"})
