@@ -324,7 +324,8 @@ class JobStore:
                 if version != job.version:
                     self._jobs.pop(job_id, None)
                     return await self.get(job_id, fresh=True) if version is not None else None
-            self._jobs.move_to_end(job_id)
+            if job_id in self._jobs:  # (a change may have dropped it while the version was read)
+                self._jobs.move_to_end(job_id)
             return job
         writes = self._writes
         async with self._session() as s:
