@@ -291,4 +291,4 @@ def test_fetch_through_a_round_robin_proxy_completes(replicas: Replicas, tmp_pat
     fetched = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != "table.xml" and p.name[0] != ".")
     table = (tmp_path / "out" / "table.xml").read_text()
     assert fetched and table.count("<TR>") == len(fetched)
-    assert sorted(parse_single_table(io.StringIO(table)).to_table()["result_id"]) == fetched
+    assert sorted(parse_single_table(io.BytesIO(table.encode())).to_table()["result_id"]) == fetched
