@@ -107,22 +107,26 @@ def create_app(settings: Settings) -> Litestar:
         reaper = asyncio.create_task(_reaper(service, runners, settings.reaper_interval_s), name="reaper")
         sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records)
 
-        async def problems() -> list[str]:
-            """What keeps the service from working now: the database, the executor (for /availability)."""
-            found = []
+        async def health() -> tuple[list[str], list[str]]:
+            """What keeps the service from working now (the database, the executor), and how the executor is
+            shared (for /availability)."""
+            problems = []
             if listener is not None and listener.problem is not None:
-                found.append(listener.problem)
+                problems.append(listener.problem)
             else:
                 try:
                     await asyncio.wait_for(store.ping(), PING_TIMEOUT)
                 except Exception as exc:
-                    found.append(f"the database cannot be reached: {exc or type(exc).__name__}")
+                    problems.append(f"the database cannot be reached: {exc or type(exc).__name__}")
             if executor.problem is not None:
-                found.append(f"no job can run: {executor.problem}")
-            return found
+                problems.append(f"no job can run: {executor.problem}")
+            share = f"executor {settings.executor}: {pool.workers} worker processes for this server"
+            if pool.sharing > 1:
+                share += f", one of {pool.sharing} servers sharing it"
+            return problems, [share]
 
         app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync,
-                         up_since=datetime.now(UTC), problems=problems)
+                         up_since=datetime.now(UTC), health=health)
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
         # collector no longer walks it, and a full collection takes a few ms instead of the 100-150 ms for
         # which it stalled every request on the event loop (bench/staging_bench.py, the poll p99)

@@ -143,6 +143,7 @@ class Scheduler:
         await self.pool.start()
         await self.runners.join()
         await self.runners.free_dead()  # on SQLite: every job the last server ran, at once
+        await self._share()
         self.service.store.subscribe(self._changed)
         self._tasks = [asyncio.create_task(self._runner(), name=f"job-runner-{i}") for i in range(self.max_jobs)]
         self._tasks += [asyncio.create_task(self._claimer(), name="claimer"),
@@ -244,12 +245,16 @@ class Scheduler:
                     await self.runners.join()
                 if await self.runners.free_dead():
                     self._wake.set()
-                self.pool.sharing = max(1, sum(s.executor == self.runners.executor
-                                               for s in await self.runners.servers()))
+                await self._share()
                 for job_id in list(self._running):  # in case a notification was lost
                     await self._check(job_id)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    async def _share(self) -> None:
+        """Count the servers sharing this server's Dask cluster: its share of the cluster follows."""
+        if self.runners.executor.startswith("dask://"):
+            self.pool.sharing = max(1, sum(s.executor == self.runners.executor for s in await self.runners.servers()))
 
     async def _quote_deferred(self, job_id: str) -> None:
         job = await self.service.store.get(job_id)
