@@ -21,7 +21,7 @@ from litestar.template import TemplateConfig
 from cutout.index import ArchiveIndex
 from siasync import __version__
 from siasync.auth import Authenticator
-from siasync.errors import ServiceError, UsageError
+from siasync.errors import ServiceError, Unavailable, UsageError
 from siasync.settings import Settings
 from siasync.staging.pool import make_pool
 from siasync.staging.scheduler import Scheduler
@@ -35,7 +35,7 @@ from siasync.web.http import TEXT
 from siasync.web.pages import Pages
 from storage.files import ResultFiles
 from storage.guard import StateLock
-from storage.jobs import JobStore, StoreFull, ValueTooLong
+from storage.jobs import JobStore, StoreFull, StoreUnavailable, ValueTooLong
 from storage.runners import Runners
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,8 @@ def create_app(settings: Settings) -> Litestar:
             "owner": Provide(owner, sync_to_thread=False),
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
-                            ValueTooLong: _too_long, Exception: _internal_error},
+                            ValueTooLong: _too_long, StoreUnavailable: _unreachable, ConnectionError: _unreachable,
+                            Exception: _internal_error},
         template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates",
                                        engine=JinjaTemplateEngine, engine_callback=_template_filters),
         openapi_config=OpenAPIConfig(title="siasync", version=__version__, path="/schema"),
@@ -203,6 +204,12 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
 def _too_long(request: Request, exc: ValueTooLong) -> Response:
     """A value longer than its column, which no parameter check caught: a 400 naming the column."""
     return _service_error(request, UsageError(exc.column, str(exc).partition(": ")[2]))
+
+
+def _unreachable(request: Request, exc: Exception) -> Response:
+    """The database is out of reach (a connection refused, or lost): a 503, not a 500."""
+    log.error("cannot serve %s %s: %s", request.method, request.url.path, exc)
+    return _service_error(request, Unavailable("the database cannot be reached; try again later"))
 
 
 def _store_full(request: Request, exc: StoreFull) -> Response:

@@ -140,6 +140,10 @@ class StoreFull(StoreError):
     """The store cannot write: its disk is full (nothing of the failed write was stored)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (a connection was refused or lost); the write, if any, did not happen."""
+
+
 class ValueTooLong(ValueError):
     """A value longer than its column holds; nothing was written (every backend refuses it alike)."""
 
@@ -202,9 +206,12 @@ class JobStore:
                                      **({"connect_args": {"timeout": 30}} if sqlite else {"pool_size": 10}))
 
         @event.listens_for(engine.sync_engine, "handle_error")
-        def _full(context: Any) -> None:
+        def _translate(context: Any) -> None:
             if _disk_full(context.original_exception):
                 raise StoreFull("the job store's disk is full") from context.original_exception
+            if context.is_disconnect or isinstance(context.original_exception, ConnectionError):
+                raise StoreUnavailable(f"the database cannot be reached: {context.original_exception}") \
+                    from context.original_exception
 
         if sqlite:
 
