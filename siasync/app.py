@@ -120,7 +120,8 @@ def create_app(settings: Settings) -> Litestar:
                     problems.append(f"the database cannot be reached: {exc or type(exc).__name__}")
             if executor.problem is not None:
                 problems.append(f"no job can run: {executor.problem}")
-            share = f"executor {settings.executor}: {pool.workers} worker processes for this server"
+            workers = pool.workers
+            share = f"executor {settings.executor}: {workers} worker process{'es' * (workers != 1)} for this server"
             if pool.sharing > 1:
                 share += f", one of {pool.sharing} servers sharing it"
             return problems, [share]

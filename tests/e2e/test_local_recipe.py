@@ -61,7 +61,7 @@ def test_two_replicas_on_dask_resume_after_the_scheduler_is_lost(tmp_path: Path,
         described = json.loads((root / "processes.json").read_text())
         proxy, servers = described["url"], [s["url"] for s in described["servers"]]
         for server in servers:  # two single-threaded workers for two servers: one each
-            until(lambda s=server: "1 worker processes for this server, one of 2 servers" in " ".join(
+            until(lambda s=server: "1 worker process for this server, one of 2 servers" in " ".join(
                 availability(s).notes), 30, "the servers do not share the cluster")
         positions = grid(200)
         created = HTTP.post(proxy + "/async", data={"POS": [f"{ra},{dec}" for ra, dec in positions], "SIZE": "0.01",
