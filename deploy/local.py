@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
         write()
         print(f"siasync at http://127.0.0.1:{args.port}/ ({args.replicas} replicas, Dask at {scheduler_address}, "
-              f"{args.dask_workers} workers); logs in {logs}; Ctrl-C stops everything", flush=True)
+              f"{args.dask_workers} workers); logs in {os.path.relpath(logs)}; Ctrl-C stops everything", flush=True)
         while True:  # a service manager's job: start again what exited
             time.sleep(0.2)
             for process in dask:

@@ -190,7 +190,7 @@ class JobStore:
         self.exclusive = exclusive
         self.origin = origin
         self.postgres = engine.dialect.name == "postgresql"
-        self._session = async_sessionmaker(engine, expire_on_commit=False)
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._subscribers: list[Callable[[str, str], None]] = []
         #: writes so far; a row read from the database is cached only if no write came meanwhile
@@ -254,7 +254,7 @@ class JobStore:
     @asynccontextmanager
     async def _writing(self, job_id: str, what: str) -> AsyncIterator[AsyncSession]:
         """A write transaction about a job, announced once committed (also when the write changed nothing)."""
-        async with self._session.begin() as s:
+        async with self.sessions.begin() as s:
             yield s
             await self._notify(s, job_id, what)
         self._writes += 1
@@ -326,7 +326,7 @@ class JobStore:
         job = None if fresh else self._jobs.get(job_id)
         if job is not None:
             if not self.exclusive:
-                async with self._session() as s:
+                async with self.sessions() as s:
                     version = (await s.execute(select(JobRow.version).where(JobRow.id == job_id))).scalar()
                 if version != job.version:
                     self._jobs.pop(job_id, None)
@@ -335,7 +335,7 @@ class JobStore:
                 self._jobs.move_to_end(job_id)
             return job
         writes = self._writes
-        async with self._session() as s:
+        async with self.sessions() as s:
             row = (await s.execute(select(JobRow).where(JobRow.id == job_id))).scalar_one_or_none()
         if row is None:
             self._jobs.pop(job_id, None)
@@ -357,7 +357,7 @@ class JobStore:
             query = query.where(JobRow.creation_time > after)
         if last is not None:
             query = query.limit(last)
-        async with self._session() as s:
+        async with self.sessions() as s:
             return [_job(r) for r in (await s.execute(query)).scalars()]
 
     async def transition(self, job_id: str, from_phases: Sequence[str], to_phase: str, *,
@@ -366,17 +366,18 @@ class JobStore:
 
         ``admit`` (with the job's ``owner``): checked against the owner's active jobs in the same transaction.
         """
-        return await self._update(job_id, PHASE, {"phase": to_phase, **changes},
+        return await self.update_where(job_id, PHASE, {"phase": to_phase, **changes},
                                   JobRow.phase.in_(list(from_phases)), admit, owner)
 
     async def update(self, job_id: str, *, in_phases: Sequence[str] | None = None, **changes: Any) -> bool:
         """Change fields of a job (only while in ``in_phases``, when given)."""
         guard = JobRow.phase.in_(list(in_phases)) if in_phases is not None else None
-        return await self._update(job_id, UPDATED, changes, guard)
+        return await self.update_where(job_id, UPDATED, changes, guard)
 
-    async def _update(self, job_id: str, what: str, changes: dict[str, Any], guard: Any = None,
+    async def update_where(self, job_id: str, what: str, changes: dict[str, Any], guard: Any = None,
                       admit: Admission | None = None, owner: str = "") -> bool:
-        """One guarded UPDATE of a job that bumps its version; whether it changed the row."""
+        """One UPDATE of a job, guarded by the condition ``guard``, that bumps its version and is announced as
+        ``what``; whether it changed the row."""
         check_lengths(JobRow.__table__, changes)
         query = update(JobRow).where(JobRow.id == job_id)
         if guard is not None:
@@ -403,7 +404,7 @@ class JobStore:
         query = select(UploadRow.name, UploadRow.mime_type, UploadRow.data).where(UploadRow.job_id == job_id)
         if name is not None:
             query = query.where(UploadRow.name == name)
-        async with self._session() as s:
+        async with self.sessions() as s:
             return [tuple(row) for row in (await s.execute(query.order_by(UploadRow.name))).all()]
 
     async def replace_uploads(self, job_id: str, uploads: Iterable[tuple[str, str, bytes]]) -> None:
@@ -411,7 +412,7 @@ class JobStore:
         uploads = list(uploads)
         for name, mime_type, _ in uploads:
             check_lengths(UploadRow.__table__, {"name": name, "mime_type": mime_type})
-        async with self._session.begin() as s:
+        async with self.sessions.begin() as s:
             await s.execute(delete(UploadRow).where(UploadRow.job_id == job_id))
             for name, mime_type, data in uploads:
                 await s.execute(insert(UploadRow).values(job_id=job_id, name=name, mime_type=mime_type, data=data))
@@ -424,7 +425,7 @@ class JobStore:
             query = query.where(JobRow.phase.in_(list(phases)))
         if destroy_before is not None:
             query = query.where(JobRow.destruction <= destroy_before)
-        async with self._session() as s:
+        async with self.sessions() as s:
             return list((await s.execute(query.order_by(JobRow.creation_time))).scalars())
 
     # -- results --------------------------------------------------------------------------
@@ -471,14 +472,14 @@ class JobStore:
         query = (select(TableRowRow.field, TableRowRow.image_id).distinct()
                  .where(TableRowRow.job_id == job_id, TableRowRow.field >= first_field,
                         TableRowRow.field <= last_field))
-        async with self._session() as s:
+        async with self.sessions() as s:
             return {(f, i) for f, i in (await s.execute(query)).all()}
 
     async def table_rows(self, job_id: str, after: int = 0, limit: int = 2000) -> list[tuple[int, str]]:
         """(seq, row) of a job's table rows after ``after``, in order."""
         query = (select(TableRowRow.seq, TableRowRow.row).where(TableRowRow.job_id == job_id, TableRowRow.seq > after)
                  .order_by(TableRowRow.seq).limit(limit))
-        async with self._session() as s:
+        async with self.sessions() as s:
             return [(seq, row) for seq, row in (await s.execute(query)).all()]
 
     async def results(self, job_id: str, after: int = 0, limit: int | None = None) -> list[Result]:
@@ -489,17 +490,17 @@ class JobStore:
         t = ResultRow.__table__.c
         query = (select(t.seq, t.result_id, t.path, t.size, t.mime_type, t.meta)
                  .where(t.job_id == job_id, t.seq > after).order_by(t.seq).limit(limit))
-        async with self._session() as s:
+        async with self.sessions() as s:
             return [Result(*row) for row in (await s.execute(query)).all()]
 
     async def result(self, job_id: str, result_id: str) -> Result | None:
         """One result by id, or None."""
         query = select(ResultRow).where(ResultRow.job_id == job_id, ResultRow.result_id == result_id)
-        async with self._session() as s:
+        async with self.sessions() as s:
             r = (await s.execute(query)).scalar_one_or_none()
         return None if r is None else Result(r.seq, r.result_id, r.path, r.size, r.mime_type, r.meta)
 
     async def ping(self) -> None:
         """One round trip to the database (raises when it cannot be reached)."""
-        async with self._session() as s:
+        async with self.sessions() as s:
             await s.execute(text("SELECT 1"))

@@ -89,14 +89,14 @@ class Runners:
     async def join(self) -> None:
         """Add this server (again, after it was taken for dead)."""
         now = datetime.now(UTC)
-        async with self.store._session.begin() as s:
+        async with self.store.sessions.begin() as s:
             await s.execute(delete(ServerRow).where(ServerRow.id == self.id))
             await s.execute(insert(ServerRow).values(id=self.id, host=self.host, pid=self.pid, machine=self.machine,
                                                      executor=self.executor[:255], started=now, heartbeat=now))
 
     async def heartbeat(self) -> bool:
         """Renew this server's lease; False when another server took it for dead meanwhile (its jobs are lost)."""
-        async with self.store._session.begin() as s:
+        async with self.store.sessions.begin() as s:
             changed = await s.execute(update(ServerRow).where(ServerRow.id == self.id)
                                       .values(heartbeat=datetime.now(UTC)))
         return changed.rowcount == 1
@@ -105,21 +105,21 @@ class Runners:
         """Let every job of this server go, and remove it (a clean stop: the jobs are free at once)."""
         for job_id in await self._jobs_of(self.id):
             await self.release(job_id)
-        async with self.store._session.begin() as s:
+        async with self.store.sessions.begin() as s:
             await s.execute(delete(ServerRow).where(ServerRow.id == self.id))
 
     async def servers(self) -> list[Server]:
         """The servers alive now."""
         since = datetime.now(UTC) - self._alive_for
         query = select(ServerRow).where(ServerRow.heartbeat >= since).order_by(ServerRow.started)
-        async with self.store._session() as s:
+        async with self.store.sessions() as s:
             return [Server(r.id, r.host, r.pid, r.executor, r.heartbeat) for r in (await s.execute(query)).scalars()]
 
     async def alive(self, server_id: str) -> bool:
         """Whether a server is alive: its heartbeat is recent (and, on this machine, its PID lives)."""
         if self.store.exclusive:
             return server_id == self.id
-        async with self.store._session() as s:
+        async with self.store.sessions() as s:
             row = (await s.execute(select(ServerRow).where(ServerRow.id == server_id))).scalar_one_or_none()
         return (row is not None and row.heartbeat >= datetime.now(UTC) - self._alive_for
                 and (row.machine != self.machine or _pid_alive(row.pid)))
@@ -127,13 +127,13 @@ class Runners:
     async def free_dead(self) -> list[str]:
         """Let go the jobs of the servers found dead, and forget those servers; the jobs freed."""
         since = datetime.now(UTC) - self._alive_for
-        async with self.store._session() as s:
+        async with self.store.sessions() as s:
             rows = (await s.execute(select(ServerRow).where(ServerRow.id != self.id))).scalars().all()
         dead = [r for r in rows if self.store.exclusive or r.heartbeat < since
                 or (r.machine == self.machine and not _pid_alive(r.pid))]
         # runners no servers row names: left by a server removed meanwhile, or by a store migrated with jobs
         known = {r.id for r in rows} | {self.id}
-        async with self.store._session() as s:
+        async with self.store.sessions() as s:
             orphans = set((await s.execute(select(JobRow.runner).distinct()
                                            .where(JobRow.runner.is_not(None)))).scalars()) - known
         freed = []
@@ -142,12 +142,12 @@ class Runners:
                 if await self._set_runner(job_id, runner, None):
                     freed.append(job_id)
         for row in dead:  # only as it was seen: a server that beat meanwhile stays
-            async with self.store._session.begin() as s:
+            async with self.store.sessions.begin() as s:
                 await s.execute(delete(ServerRow).where(ServerRow.id == row.id, ServerRow.heartbeat == row.heartbeat))
         return freed
 
     async def _jobs_of(self, runner: str) -> list[str]:
-        async with self.store._session() as s:
+        async with self.store.sessions() as s:
             return list((await s.execute(select(JobRow.id).where(JobRow.runner == runner))).scalars())
 
     async def claim(self, limit: int) -> list[str]:
@@ -159,7 +159,7 @@ class Runners:
                   (JobRow.phase == "QUEUED") & or_(JobRow.start_after.is_(None), JobRow.start_after <= now))
         query = (select(JobRow.id).where(JobRow.runner.is_(None), due)
                  .order_by((JobRow.phase == "EXECUTING").desc(), JobRow.creation_time).limit(2 * limit))
-        async with self.store._session() as s:
+        async with self.store.sessions() as s:
             candidates = list((await s.execute(query)).scalars())
         claimed = []
         for job_id in candidates:
@@ -178,26 +178,26 @@ class Runners:
         guard = JobRow.runner.is_(None) if old is None else JobRow.runner == old
         if new is not None:
             guard = guard & JobRow.phase.in_(["QUEUED", "EXECUTING"])
-        return await self.store._update(job_id, RUNNER, {"runner": new}, guard)
+        return await self.store.update_where(job_id, RUNNER, {"runner": new}, guard)
 
     async def next_start(self) -> datetime | None:
         """The earliest deferred start among the QUEUED jobs nobody runs yet."""
         query = select(func.min(JobRow.start_after)).where(JobRow.phase == "QUEUED", JobRow.runner.is_(None),
                                                           JobRow.start_after > datetime.now(UTC))
-        async with self.store._session() as s:
+        async with self.store.sessions() as s:
             return (await s.execute(query)).scalar()
 
     async def hold(self, name: str, seconds: float) -> bool:
         """Take or renew the named lease for ``seconds``; whether this server holds it now."""
         now = datetime.now(UTC)
         values = {"holder": self.id, "expires": now + timedelta(seconds=seconds)}
-        async with self.store._session.begin() as s:
+        async with self.store.sessions.begin() as s:
             taken = await s.execute(update(LeaseRow).where(LeaseRow.name == name, or_(
                 LeaseRow.holder == self.id, LeaseRow.expires < now)).values(**values))
         if taken.rowcount == 1:
             return True
         try:
-            async with self.store._session.begin() as s:
+            async with self.store.sessions.begin() as s:
                 if (await s.execute(select(LeaseRow.name).where(LeaseRow.name == name))).first() is not None:
                     return False
                 await s.execute(insert(LeaseRow).values(name=name, **values))

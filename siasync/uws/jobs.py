@@ -217,9 +217,11 @@ class JobService:
     async def run(self, job_id: str, owner: str) -> None:
         """PHASE=RUN: PENDING (or HELD) to QUEUED, then hand the job to the executor."""
         job = await self.get(job_id, owner)
-        self._check_executor()
-        if not await self.store.transition(job_id, RUNNABLE, "QUEUED", owner=owner,
-                                           admit=self._admission(owner, job.info.get("fields_total", 0))):
+        admit = None
+        if job.phase in RUNNABLE:  # otherwise refused for its phase
+            self._check_executor()
+            admit = self._admission(owner, job.info.get("fields_total", 0))
+        if not await self.store.transition(job_id, RUNNABLE, "QUEUED", owner=owner, admit=admit):
             raise await self._refused(job_id, "run")
         if self.executor is not None:
             self.executor.submit(job_id)
