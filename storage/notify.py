@@ -61,7 +61,8 @@ class Listener:
         await self._disconnect()
 
     async def _connect(self) -> None:
-        self._connection = await asyncio.wait_for(asyncpg.connect(self.dsn), CHECK_TIMEOUT)
+        async with asyncio.timeout(CHECK_TIMEOUT):  # (not wait_for, which may swallow a cancellation before 3.12)
+            self._connection = await asyncpg.connect(self.dsn)
         await self._connection.add_listener(CHANNEL, self._received)
 
     async def _disconnect(self) -> None:
@@ -88,7 +89,8 @@ class Listener:
                     self.problem = None
                     self.resumed()
                 else:
-                    await asyncio.wait_for(self._connection.fetchval("SELECT 1"), CHECK_TIMEOUT)
+                    async with asyncio.timeout(CHECK_TIMEOUT):
+                        await self._connection.fetchval("SELECT 1")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 if self.problem is None:
                     log.error("the database cannot be reached: %s", exc)

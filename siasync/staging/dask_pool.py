@@ -119,7 +119,8 @@ class DaskPool:
 
     async def _count(self) -> None:
         """Count the cluster's worker threads now."""
-        threads = sum((await asyncio.wait_for(self._client.nthreads(), CHECK_TIMEOUT)).values())
+        async with asyncio.timeout(CHECK_TIMEOUT):  # (not wait_for, which may swallow a cancellation before 3.12)
+            threads = sum((await self._client.nthreads()).values())
         if not threads:
             raise OSError("the Dask cluster has no workers")
         self.threads = threads
@@ -132,8 +133,8 @@ class DaskPool:
                 if self._client.status in ("closing", "closed", "failed"):
                     with contextlib.suppress(Exception):
                         await self._client.close()
-                    connecting = Client(self.address, asynchronous=True, timeout=CHECK_TIMEOUT)
-                    self._client = await asyncio.wait_for(connecting, 2 * CHECK_TIMEOUT)
+                    async with asyncio.timeout(2 * CHECK_TIMEOUT):
+                        self._client = await Client(self.address, asynchronous=True, timeout=CHECK_TIMEOUT)
                 if self._client.status != "running":
                     raise OSError(f"connecting again ({self._client.status})")
                 await self._count()

@@ -133,6 +133,8 @@ class Scheduler:
         self._cancelled: set[str] = set()
         #: jobs another server runs now (this one was taken for dead): stopped, their output left alone
         self._lost: set[str] = set()
+        #: jobs whose end the store could not record yet (its disk is full): kept until it is recorded
+        self._finishing: set[str] = set()
         self._running: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -230,8 +232,10 @@ class Scheduler:
                     timeout = min(timeout, max(0.0, (start - datetime.now(UTC)).total_seconds()) + EXPIRY_MARGIN)
             except Exception as exc:  # the store out of reach: try again later
                 log.warning("cannot claim jobs: %s", exc)
+            # not wait_for: before Python 3.12 it may swallow a cancellation that comes as the event is set
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _heartbeats(self) -> None:
         """Renew this server's lease, let the jobs of dead servers go, and check the jobs running here."""
@@ -277,12 +281,17 @@ class Scheduler:
                 # also from QUEUED: a job that failed to start would otherwise wait for a runner that never comes
                 await self._finish(job_id, "ERROR", message, ("QUEUED", "EXECUTING"))
             finally:
-                self._claimed.discard(job_id)
                 self._cancelled.discard(job_id)
                 self._lost.discard(job_id)
-                with contextlib.suppress(Exception):  # a store out of reach: the lease runs out instead
-                    await self.runners.release(job_id)
-                self._wake.set()
+                if job_id not in self._finishing:  # kept until its end is recorded, not claimed again meanwhile
+                    await self._release(job_id)
+
+    async def _release(self, job_id: str) -> None:
+        """Let a job go (it ended, or stopped here), and look for other work."""
+        self._claimed.discard(job_id)
+        with contextlib.suppress(Exception):  # a store out of reach: the lease runs out instead
+            await self.runners.release(job_id)
+        self._wake.set()
 
     async def _finish(self, job_id: str, phase: str, error: str | None = None,
                       from_phases: tuple[str, ...] = ("EXECUTING",)) -> None:
@@ -291,6 +300,7 @@ class Scheduler:
             await self.service.finish(job_id, phase, error and ("fatal", error), from_phases)
         except StoreFull:
             log.error("job %s: cannot record %s, the disk is full; trying every %s s", job_id, phase, RECORD_EVERY)
+            self._finishing.add(job_id)
             self._spawn(self._finish_later(job_id, phase, error, from_phases), f"finish-{job_id}")
         except Exception:  # the runner must go on to the next job; this one resumes at the next start
             log.exception("job %s: cannot record %s", job_id, phase)
@@ -301,7 +311,9 @@ class Scheduler:
             with contextlib.suppress(StoreFull):
                 # False when the job was destroyed meanwhile
                 await self.service.finish(job_id, phase, error and ("fatal", error), from_phases)
-                return
+                break
+        self._finishing.discard(job_id)
+        await self._release(job_id)
 
     async def _run(self, job_id: str) -> None:
         job = await self.service.store.get(job_id, fresh=True)
