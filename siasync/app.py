@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from siasync import __version__
 from siasync.auth import Authenticator
 from siasync.errors import ServiceError, Unavailable, UsageError
 from siasync.settings import Settings
-from siasync.staging.pool import make_pool
+from siasync.staging.pool import cancel_all, make_pool
 from siasync.staging.scheduler import Scheduler
 from siasync.uws.jobs import JobService
 from siasync.uws.params import Limits
@@ -136,9 +136,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             gc.unfreeze()  # an app started in a longer-lived process (tests) leaves no uncollectable cycles
-            reaper.cancel()
-            with suppress(asyncio.CancelledError):
-                await reaper
+            await cancel_all([reaper])
             await executor.close()
             if listener is not None:
                 await listener.close()

@@ -54,14 +54,14 @@ class Listener:
 
     async def close(self) -> None:
         """Stop listening."""
-        if self._task is not None:
+        # cancelled until it ends: before Python 3.12 a timeout may swallow a cancellation that comes as it expires
+        while self._task is not None and not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task], timeout=0.5)
         await self._disconnect()
 
     async def _connect(self) -> None:
-        async with asyncio.timeout(CHECK_TIMEOUT):  # (not wait_for, which may swallow a cancellation before 3.12)
+        async with asyncio.timeout(CHECK_TIMEOUT):
             self._connection = await asyncpg.connect(self.dsn)
         await self._connection.add_listener(CHANNEL, self._received)
 

@@ -34,7 +34,7 @@ from distributed.client import FutureCancelledError
 from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
-from siasync.staging.pool import ExecutorDown, LostTask
+from siasync.staging.pool import ExecutorDown, LostTask, cancel_all
 from siasync.staging.worker import BatchTask, PairOutcome, run_batch
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,7 @@ class DaskPool:
     async def close(self) -> None:
         """Disconnect, and stop the LocalCluster we started."""
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_all([self._watch])
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.close()
@@ -119,7 +117,7 @@ class DaskPool:
 
     async def _count(self) -> None:
         """Count the cluster's worker threads now."""
-        async with asyncio.timeout(CHECK_TIMEOUT):  # (not wait_for, which may swallow a cancellation before 3.12)
+        async with asyncio.timeout(CHECK_TIMEOUT):
             threads = sum((await self._client.nthreads()).values())
         if not threads:
             raise OSError("the Dask cluster has no workers")

@@ -119,6 +119,16 @@ class LocalPool:
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
 
 
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel tasks and wait for them to end. Cancelled again while any runs on: before Python 3.12, wait_for and
+    timeout may swallow a cancellation that comes as they time out (or their awaitable completes)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+
+
 def make_pool(executor: str, workers: int) -> TaskPool:
     """The pool an ``executor`` setting names (see `siasync.settings.Settings.executor`)."""
     if executor == "local":

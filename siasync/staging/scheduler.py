@@ -51,7 +51,7 @@ from datetime import UTC, datetime, timedelta
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
 from siasync.staging.dispatch import Dispatcher, Ticket
-from siasync.staging.pool import ExecutorDown, LostTask, TaskPool
+from siasync.staging.pool import ExecutorDown, LostTask, TaskPool, cancel_all
 from siasync.staging.worker import BatchTask, PairOutcome, PairTask, coadd_tasks
 from siasync.uws.jobs import JobService, staging_request
 from siasync.uws.params import StagingRequest
@@ -156,9 +156,7 @@ class Scheduler:
         resumes them."""
         self._cancelled.update(self._running)
         self.dispatcher.shutdown()
-        for task in [*self._tasks, *self._side_tasks]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)
+        await cancel_all([*self._tasks, *self._side_tasks])
         await self.pool.close()
         with contextlib.suppress(Exception):  # a store out of reach: the lease runs out instead
             await self.runners.leave()
@@ -232,7 +230,6 @@ class Scheduler:
                     timeout = min(timeout, max(0.0, (start - datetime.now(UTC)).total_seconds()) + EXPIRY_MARGIN)
             except Exception as exc:  # the store out of reach: try again later
                 log.warning("cannot claim jobs: %s", exc)
-            # not wait_for: before Python 3.12 it may swallow a cancellation that comes as the event is set
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
