@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-bench demo postgres
 	$(BIN)/python bench/staging_bench.py --archive $(DEMO)
 	$(BIN)/python bench/stack_bench.py --archive $(DEMO)
 	$(BIN)/python bench/load_bench.py --archive $(DEMO)
+	$(BIN)/python bench/load_bench.py --archive $(DEMO) --replicas 1,2,4
 
 # Several servers on one machine: two replicas on a PostgreSQL of their own, a Dask scheduler and two workers,
 # and a round-robin proxy at http://127.0.0.1:8000/ (deploy/local.py; Ctrl-C stops everything)
