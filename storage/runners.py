@@ -126,16 +126,16 @@ class Runners:
 
     async def free_dead(self) -> list[str]:
         """Let go the jobs of the servers found dead, and forget those servers; the jobs freed."""
-        since = datetime.now(UTC) - self._alive_for
+        # the runners first: a server that claims a job after this read has joined before the next one
         async with self.store.sessions() as s:
+            runners = set((await s.execute(select(JobRow.runner).distinct().where(JobRow.runner.is_not(None))))
+                          .scalars())
             rows = (await s.execute(select(ServerRow).where(ServerRow.id != self.id))).scalars().all()
+        since = datetime.now(UTC) - self._alive_for
         dead = [r for r in rows if self.store.exclusive or r.heartbeat < since
                 or (r.machine == self.machine and not _pid_alive(r.pid))]
         # runners no servers row names: left by a server removed meanwhile, or by a store migrated with jobs
-        known = {r.id for r in rows} | {self.id}
-        async with self.store.sessions() as s:
-            orphans = set((await s.execute(select(JobRow.runner).distinct()
-                                           .where(JobRow.runner.is_not(None)))).scalars()) - known
+        orphans = runners - {r.id for r in rows} - {self.id}
         freed = []
         for runner in [r.id for r in dead] + sorted(orphans):
             for job_id in await self._jobs_of(runner):
