@@ -268,7 +268,10 @@ class JobService:
             self.executor.cancel(job_id)
             await self.executor.stopped(job_id)
         await self.store.delete(job_id)  # its waiters are woken by the change, and their armed events dropped
-        await asyncio.to_thread(self.files.delete, job_id)
+        # the directory goes at once, not after a wait for a thread: who sees the job gone finds no files either
+        trash = self.files.detach(job_id)
+        if trash is not None:
+            await asyncio.to_thread(self.files.remove, trash)
 
     async def set_destruction(self, job_id: str, owner: str, param: str, text: str) -> None:
         """A new destruction instant, clamped to the maximum retention."""
