@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO := data/demo
 DEMO_SETTINGS := data/demo-survey.toml
 
-.PHONY: serve test soak bench demo clean browser screenshots
+.PHONY: serve test soak bench demo clean browser screenshots postgres replicas
 
 # Reinstall only when pyproject.toml changes: the stamp is newer than it otherwise.
 $(VENV)/.installed: pyproject.toml
@@ -39,7 +39,15 @@ browser:
 	  else echo "the browser tests need Chromium: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; \
 	fi
 
-test: $(VENV)/.installed browser
+# The tests start PostgreSQL servers of their own (deploy/postgres.py): its server programs come from Debian's
+# postgresql package, installed here when missing (as root, as CI runs; otherwise this says what to install).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "the tests need PostgreSQL's server programs: install Debian's postgresql package" >&2; exit 1; fi
+
+test: $(VENV)/.installed browser postgres
 	$(BIN)/python -m pytest
 
 # Screenshots of the main pages for docs/ and the README, from a real server and Chromium.
@@ -48,10 +56,10 @@ screenshots: $(VENV)/.installed browser demo
 
 # The long variants of the reliability tests (marked soak; `make test` runs the short ones):
 # 50 SIGKILL cycles of the server, 300 destroys at random moments, 200 ABORT-with-DELETE races.
-soak: $(VENV)/.installed
+soak: $(VENV)/.installed postgres
 	$(BIN)/python -m pytest --soak -m soak tests/e2e
 
-bench: $(VENV)/.installed-bench demo
+bench: $(VENV)/.installed-bench demo postgres
 	$(BIN)/python bench/cutout_bench.py
 	$(BIN)/python bench/service_bench.py --archive $(DEMO)
 	$(BIN)/python bench/page_bench.py --archive $(DEMO)
@@ -59,7 +67,13 @@ bench: $(VENV)/.installed-bench demo
 	$(BIN)/python bench/stack_bench.py --archive $(DEMO)
 	$(BIN)/python bench/load_bench.py --archive $(DEMO)
 	$(BIN)/python bench/archive_bench.py --archive $(DEMO)
+	$(BIN)/python bench/load_bench.py --archive $(DEMO) --replicas 1,2,4
+
+# Several servers on one machine: two replicas on a PostgreSQL of their own, a Dask scheduler and two workers,
+# and a round-robin proxy at http://127.0.0.1:8000/ (deploy/local.py; Ctrl-C stops everything)
+replicas: demo postgres
+	$(BIN)/python -m deploy.local --archive $(DEMO)
 
 clean:
-	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache bench/.scratch
+	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache bench/.scratch var-replicas
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -17,9 +17,7 @@ class BenchServer:
     """A server process on a free loopback port; stopped by its PID."""
 
     def __init__(self, archive: Path, state: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = self.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "siasync", "serve", "--port", str(self.port), "--archive", str(archive),
@@ -33,6 +31,13 @@ class BenchServer:
             except httpx.TransportError:
                 time.sleep(0.1)
         raise RuntimeError("server did not start")
+
+    @staticmethod
+    def free_port() -> int:
+        """A free port on loopback."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
 
     @property
     def pid(self) -> int:

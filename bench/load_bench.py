@@ -14,6 +14,12 @@ CPU time is reported: on a small machine it shares the cores with the server). R
 the requests served, the errors (the target is zero: any transport error, or a status
 other than the one the request must answer), p50/p99 latency per endpoint, and the
 server process's RSS sampled from /proc every second.
+
+``--replicas 1,2,4`` runs the same load against 1, then 2, then 4 API processes sharing
+one PostgreSQL (started here, `deploy.postgres`), one state directory and one Dask
+cluster of ``--workers`` single-threaded workers (the same compute for every count). The
+clients are spread over the servers in turn, so that most reads land on a server other
+than the one that made the job. It reports each run, then the ratios to 1 process.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import os
 import random
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -36,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._server import BenchServer  # noqa: E402
+from deploy.postgres import Postgres  # noqa: E402
 
 FINAL = ("COMPLETED", "ERROR", "ABORTED")
 SIZE = 0.005
@@ -144,14 +153,78 @@ async def sample_rss(server: BenchServer, until: float, samples: list[tuple[floa
         await asyncio.sleep(1.0)
 
 
-async def load(server: BenchServer, args: argparse.Namespace) -> tuple[Stats, list[tuple[float, float]], float]:
+async def load(servers: list[BenchServer], args: argparse.Namespace) -> tuple[Stats, list[tuple[float, float]], float]:
+    """The load, the clients spread over the servers in turn; the RSS sampled is the first server's."""
     stats, jobs, rss = Stats(), [], []
     start = time.monotonic()
     until = start + args.duration
-    await asyncio.gather(sample_rss(server, until, rss),
-                         *(submitter(i, server.url, until, stats, jobs) for i in range(args.submitters)),
-                         *(poller(i, server.url, until, stats, jobs) for i in range(args.pollers)))
+    await asyncio.gather(sample_rss(servers[0], until, rss),
+                         *(submitter(i, servers[i % len(servers)].url, until, stats, jobs)
+                           for i in range(args.submitters)),
+                         *(poller(i, servers[i % len(servers)].url, until, stats, jobs) for i in range(args.pollers)))
     return stats, rss, time.monotonic() - start
+
+
+def report(stats: Stats) -> dict[str, tuple[int, float, float]]:
+    """Print the table of one run; (requests, p50, p99) by endpoint."""
+    print("| endpoint | requests | errors | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|")
+    found = {}
+    for name in sorted(set(stats.latencies) | set(stats.errors)):
+        values = stats.latencies.get(name) or [float("nan")]
+        found[name] = (len(stats.latencies.get(name, [])), np.percentile(values, 50), np.percentile(values, 99))
+        print(f"| {name} | {found[name][0]} | {stats.errors.get(name, 0)} | {found[name][1]:.1f} | "
+              f"{found[name][2]:.1f} |")
+    return found
+
+
+def replicas(args: argparse.Namespace) -> int:
+    """The same load against 1, 2, 4... API processes on one PostgreSQL and one Dask cluster."""
+    counts = [int(n) for n in args.replicas.split(",")]
+    database = Postgres(fast=False).start()
+    dask_port = BenchServer.free_port()
+    cluster = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                                 str(dask_port), "--no-dashboard"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)]
+    cluster += [subprocess.Popen([sys.executable, "-m", "dask", "worker", f"tcp://127.0.0.1:{dask_port}",
+                                  "--nthreads", "1", "--no-dashboard"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(args.workers)]
+    runs: dict[int, tuple[float, dict]] = {}
+    try:
+        for count in counts:
+            state = args.scratch / f"replicas-{count}"
+            shutil.rmtree(state, ignore_errors=True)
+            url = database.create_database(f"load{count}")
+            servers = []
+            try:
+                for _ in range(count):  # one after another: the first migrates the database
+                    servers.append(BenchServer(args.archive, state, "--auth", "header", "--database-url", url,
+                                               "--executor", f"dask://127.0.0.1:{dask_port}"))
+                stats, _, elapsed = asyncio.run(load(servers, args))
+            finally:
+                for server in servers:
+                    server.stop()
+                shutil.rmtree(state, ignore_errors=True)
+            served = sum(len(v) for v in stats.latencies.values())
+            print(f"\n### {count} API process{'es' * (count > 1)}\n\n{served} requests ({served / elapsed:.0f}/s), "
+                  f"{sum(stats.errors.values())} errors\n")
+            runs[count] = (served / elapsed, report(stats))
+            for example in stats.examples:
+                print(f"error: {example}")
+    finally:
+        for process in reversed(cluster):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+        database.stop()
+    base_rate, base = runs[counts[0]]
+    print(f"\n### Ratios to {counts[0]} process{'es' * (counts[0] > 1)} (requests/s; p50 and p99 per endpoint)\n")
+    print("| processes | requests/s | " + " | ".join(f"{name} p50 / p99" for name in base) + " |")
+    print("|---:|---:|" + "---:|" * len(base))
+    for count, (rate, found) in runs.items():
+        cells = [f"{found[n][1] / base[n][1]:.2f} / {found[n][2] / base[n][2]:.2f}" if n in found else "-"
+                 for n in base]
+        print(f"| {count} | {rate / base_rate:.2f} | " + " | ".join(cells) + " |")
+    return 0
 
 
 def main() -> int:
@@ -162,13 +235,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     parser.add_argument("--submitters", type=int, default=50)
     parser.add_argument("--pollers", type=int, default=200)
+    parser.add_argument("--replicas", help="API process counts to compare on PostgreSQL, e.g. 1,2,4")
     args = parser.parse_args()
+    if args.replicas:
+        return replicas(args)
     state = args.scratch / "load-state"
     shutil.rmtree(state, ignore_errors=True)
     server = BenchServer(args.archive, state, "--workers", str(args.workers), "--auth", "header")
     cpu, server_cpu = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(server.pid)
     try:
-        stats, rss, elapsed = asyncio.run(load(server, args))
+        stats, rss, elapsed = asyncio.run(load([server], args))
         server_cpu = cpu_seconds(server.pid) - server_cpu
     finally:
         server.stop()
@@ -182,12 +258,7 @@ def main() -> int:
           f"{args.workers} workers)\n")
     print(f"{served} requests served ({served / elapsed:.0f}/s), {errors} errors. CPU: the server process used "
           f"{server_cpu / elapsed:.0%} of a core, the clients (one process) {client_cpu / elapsed:.0%}.\n")
-    print("| endpoint | requests | errors | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|")
-    for name in sorted(set(stats.latencies) | set(stats.errors)):
-        values = stats.latencies.get(name) or [float("nan")]
-        print(f"| {name} | {len(stats.latencies.get(name, []))} | {stats.errors.get(name, 0)} | "
-              f"{np.percentile(values, 50):.1f} | {np.percentile(values, 99):.1f} |")
+    report(stats)
     print("\nServer RSS (the server process; workers not included):\n")
     print("| t (s) | RSS (MB) |")
     print("|---:|---:|")

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -23,9 +23,9 @@ from litestar.template import TemplateConfig
 from cutout.index import ArchiveIndex
 from siasync import __version__
 from siasync.auth import Authenticator
-from siasync.errors import ServiceError
+from siasync.errors import ServiceError, Unavailable, UsageError
 from siasync.settings import Settings
-from siasync.staging.pool import make_pool
+from siasync.staging.pool import cancel_all, make_pool
 from siasync.staging.scheduler import Scheduler
 from siasync.uws.jobs import JobService
 from siasync.uws.params import Limits
@@ -47,7 +47,9 @@ from siasync.web.reference import ReferencePage
 from siasync.web.static import filesize, static_files, when
 from storage.browse import JobBrowser
 from storage.files import ResultFiles
-from storage.jobs import JobStore, StoreFull
+from storage.guard import StateLock
+from storage.jobs import JobStore, StoreFull, StoreUnavailable, ValueTooLong
+from storage.runners import Runners
 
 log = logging.getLogger(__name__)
 _HTTP_NAMES = {400: "UsageError", 401: "AuthenticationError", 403: "PermissionDenied", 404: "NotFound",
@@ -65,9 +67,17 @@ def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
                   finest_scale_deg=min((r.scale for r in index.records), default=1.0) / 3600)
 
 
-async def _reaper(service: JobService, interval: float) -> None:
+#: seconds the database may take to answer /availability
+PING_TIMEOUT = 3.0
+
+
+async def _reaper(service: JobService, runners: Runners, interval: float) -> None:
+    """Sweep for expired and overdue jobs, on one server at a time (the holder of the ``reaper`` lease)."""
     while True:
         try:
+            if not await runners.hold("reaper", max(3 * interval, runners.heartbeat_every * 2)):
+                await asyncio.sleep(interval)
+                continue
             await service.reap()  # the service logs each job it destroys or aborts
         except Exception:  # keep reaping whatever one sweep hit
             log.exception("reaper sweep failed")
@@ -80,29 +90,60 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        guard = StateLock(settings.state_dir)
+        if settings.sqlite:  # one server per SQLite store: a second one stops here, having touched nothing
+            guard.acquire()
         index = await asyncio.to_thread(ArchiveIndex.load, settings.archive)
-        store = await JobStore.open(settings.database)
+        pool = make_pool(settings.executor, settings.workers)
+        runners_id = Runners.new_id()
+        store = await JobStore.open(settings.database, origin=runners_id)
+        runners = Runners(store, settings.executor, settings.lease_s, runners_id)
         files = ResultFiles(settings.state_dir / "results")
-        await asyncio.to_thread(files.purge_deleted)
         service = JobService(store, files, limits_for(settings, index), settings.wait_max_s, index)
-        executor = Scheduler(service, index, make_pool(settings.executor, settings.workers),
-                             max_jobs=settings.running_jobs, policy=settings.scheduling)
+        store.subscribe(service.changed)
+        listener = None
+        if store.postgres:
+            from storage.notify import Listener
+
+            listener = Listener(settings.database, store, service.resumed)
+            await listener.start()
+        else:  # servers sharing the state directory remove each other's leftovers only at their own risk
+            await asyncio.to_thread(files.purge_deleted)
+        executor = Scheduler(service, index, pool, max_jobs=settings.running_jobs, runners=runners,
+                             policy=settings.scheduling)
         service.executor = executor
         datasets = Datasets(index, settings.ivo_authority)
         service.soda = partial(parse_async, datasets=datasets, limits=service.limits)
         await executor.start()
-        for job_id in await service.requeue_interrupted():
-            await asyncio.to_thread(files.remove_temporaries, job_id)
-            executor.submit(job_id)
-        reaper = asyncio.create_task(_reaper(service, settings.reaper_interval_s), name="reaper")
+        reaper = asyncio.create_task(_reaper(service, runners, settings.reaper_interval_s), name="reaper")
         slots = asyncio.Semaphore(settings.sync_cutouts)  # synchronous reads of the archive, all services together
         sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records, slots)
         obscore = await asyncio.to_thread(ObsCoreTable, datasets)
         vo = VoService(obscore, service.limits, settings.sia_max_records,
                        ArchiveFiles(index, settings.state_dir / "previews", slots), slots)
         picture = await asyncio.to_thread(ArchivePicture, index)
+
+        async def health() -> tuple[list[str], list[str]]:
+            """What keeps the service from working now (the database, the executor), and how the executor is
+            shared (for /availability)."""
+            problems = []
+            if listener is not None and listener.problem is not None:
+                problems.append(listener.problem)
+            else:
+                try:
+                    await asyncio.wait_for(store.ping(), PING_TIMEOUT)
+                except Exception as exc:
+                    problems.append(f"the database cannot be reached: {exc or type(exc).__name__}")
+            if executor.problem is not None:
+                problems.append(f"no job can run: {executor.problem}")
+            workers = pool.workers
+            share = f"executor {settings.executor}: {workers} worker process{'es' * (workers != 1)} for this server"
+            if pool.sharing > 1:
+                share += f", one of {pool.sharing} servers sharing it"
+            return problems, [share]
+
         app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync, vo=vo,
-                         up_since=datetime.now(UTC), settings=settings, picture=picture,
+                         up_since=datetime.now(UTC), health=health, settings=settings, picture=picture,
                          job_page=JobPage(JobBrowser(store.engine), index))
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
         # collector no longer walks it, and a full collection takes a few ms instead of the 100-150 ms for
@@ -112,11 +153,12 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             gc.unfreeze()  # an app started in a longer-lived process (tests) leaves no uncollectable cycles
-            reaper.cancel()
-            with suppress(asyncio.CancelledError):
-                await reaper
+            await cancel_all([reaper])
             await executor.close()
+            if listener is not None:
+                await listener.close()
             await store.close()
+            guard.release()
 
     def owner(request: Request, state: State) -> str:
         return state.authenticator.owner(request.headers)
@@ -157,6 +199,7 @@ def create_app(settings: Settings) -> Litestar:
             "picture": Provide(picture, sync_to_thread=False),
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
+                            ValueTooLong: _too_long, StoreUnavailable: _unreachable, ConnectionError: _unreachable,
                             Exception: _internal_error},
         template_config=TemplateConfig(directory=Path(__file__).parent / "web" / "templates",
                                        engine=JinjaTemplateEngine, engine_callback=_template_filters),
@@ -193,6 +236,17 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     error = ServiceError(str(detail), getattr(exc, "headers", None) or {})
     error.name, error.status = name, exc.status_code
     return _service_error(request, error)
+
+
+def _too_long(request: Request, exc: ValueTooLong) -> Response:
+    """A value longer than its column, which no parameter check caught: a 400 naming the column."""
+    return _service_error(request, UsageError(exc.column, str(exc).partition(": ")[2]))
+
+
+def _unreachable(request: Request, exc: Exception) -> Response:
+    """The database is out of reach (a connection refused, or lost): a 503, not a 500."""
+    log.error("cannot serve %s %s: %s", request.method, request.url.path, exc)
+    return _service_error(request, Unavailable("the database cannot be reached; try again later"))
 
 
 def _store_full(request: Request, exc: StoreFull) -> Response:

@@ -6,11 +6,14 @@ import hmac
 from collections.abc import Mapping
 from pathlib import Path
 
-from siasync.errors import AuthenticationError
+from siasync.errors import AuthenticationError, UsageError
 from siasync.settings import Settings
+from storage.schema import column_limits
 
 #: the owner of every job when nobody is authenticated; shown as a nil ownerId (UWS 1.1)
 ANONYMOUS = "anonymous"
+#: the longest owner name the job store holds
+MAX_OWNER = column_limits()["jobs.owner"]
 
 
 def read_tokens(path: Path) -> dict[str, str]:
@@ -23,6 +26,8 @@ def read_tokens(path: Path) -> dict[str, str]:
         parts = line.split()
         if len(parts) != 2:
             raise ValueError(f"{path}:{number}: expected 'TOKEN OWNER'")
+        if len(parts[1]) > MAX_OWNER:
+            raise ValueError(f"{path}:{number}: the owner name is longer than {MAX_OWNER} characters")
         if parts[1] == ANONYMOUS:
             raise ValueError(f"{path}:{number}: the owner name {ANONYMOUS!r} is reserved for unauthenticated jobs")
         tokens[parts[0]] = parts[1]
@@ -51,6 +56,8 @@ class Authenticator:
             if not user:
                 raise AuthenticationError("no X-Remote-User header from the proxy",
                                           {"WWW-Authenticate": 'Basic realm="siasync"'})
+            if len(user) > MAX_OWNER:
+                raise UsageError("X-Remote-User", f"{len(user)} characters; an owner name has at most {MAX_OWNER}")
             if user == ANONYMOUS:  # the jobs of anonymous mode are shown with no owner; no user can be them
                 raise AuthenticationError(f"X-Remote-User: {ANONYMOUS!r} is reserved for unauthenticated jobs",
                                           {"WWW-Authenticate": 'Basic realm="siasync"'})
@@ -62,4 +69,5 @@ class Authenticator:
         for known, owner in self._tokens.items():
             if hmac.compare_digest(known.encode(), token.strip().encode()):
                 return owner
-        raise AuthenticationError("unknown token", {"WWW-Authenticate": 'Bearer realm="siasync", error="invalid_token"'})
+        raise AuthenticationError("unknown token",
+                                  {"WWW-Authenticate": 'Bearer realm="siasync", error="invalid_token"'})

@@ -134,6 +134,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"siasync: {exc}", file=sys.stderr)
         return 2
+    if settings.sqlite:  # a state directory another server serves: say so before anything starts
+        from storage.guard import StateLock, StateLocked
+
+        try:
+            StateLock(settings.state_dir).probe()
+        except StateLocked as exc:
+            print(f"siasync: {exc}", file=sys.stderr)
+            return 2
     if not (settings.archive / "siasync-index.sqlite").is_file():
         print(f"siasync: no archive index in {settings.archive}; run `siasync archive index {settings.archive}`",
               file=sys.stderr)

@@ -61,3 +61,13 @@ class UnknownDataset(UsageError):
     """An ID that names no dataset of this archive (SODA calls it a usage error; HTTP says 404)."""
 
     status = 404
+
+
+class Unavailable(ServiceError):
+    """The service cannot do this now (its executor or its database is down); try again later."""
+
+    status = 503
+    name = "Unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"Retry-After": "30"})

@@ -68,6 +68,9 @@ class Settings:
     wait_max_s: int = 60
     #: seconds between sweeps for expired jobs and jobs out of execution time
     reaper_interval_s: float = 5.0
+    #: several servers on one store: seconds within which the jobs of a server that died are taken over by
+    #: another (its heartbeat is renewed every fifth of this)
+    lease_s: float = 30.0
     #: synchronous cutouts (``/sia/cutout``) and ``/sia`` header reads run at once, in threads off the event loop
     sync_cutouts: int = 4
     #: most rows one synchronous ``/sia`` query answers; beyond, QUERY_STATUS is OVERFLOW
@@ -92,8 +95,8 @@ class Settings:
             raise ValueError(f"scheduling must be fair or fifo, got {self.scheduling!r}")
         if not _EXECUTOR.fullmatch(self.executor):
             raise ValueError(f"executor must be local, dask-local[:N] or dask://HOST:PORT, got {self.executor!r}")
-        if not (self.max_size_deg > 0 and self.reaper_interval_s > 0):
-            raise ValueError("max_size_deg and reaper_interval_s must be positive")
+        if not (self.max_size_deg > 0 and self.reaper_interval_s > 0 and self.lease_s > 0):
+            raise ValueError("max_size_deg, reaper_interval_s and lease_s must be positive")
         for prefix in self.upload_urls:
             url = urlsplit(prefix)
             if url.scheme not in ("http", "https") or not url.netloc or not url.path.startswith("/"):
@@ -117,6 +120,11 @@ class Settings:
                 values[f.name] = _convert(f.name, hints[f.name], raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def sqlite(self) -> bool:
+        """Whether the job store is SQLite (served by one process at a time)."""
+        return self.database.startswith("sqlite")
 
     @property
     def database(self) -> str:

@@ -79,11 +79,23 @@ class ResultFiles:
         it then fails (its directory is gone) instead of adding a file while the tree is removed,
         which would leave the directory behind.
         """
+        trash = self.detach(job_id)
+        if trash is not None:
+            self.remove(trash)
+
+    def detach(self, job_id: str) -> Path | None:
+        """Rename a job's directory out of the way (one system call, cheap enough for an event loop): from here
+        on the job has no directory for readers or writers. The renamed tree, for `remove`; None if none."""
         trash = self.root / f"{_TRASH}{self.job_dir(job_id).name}-{secrets.token_hex(4)}"
         try:
             os.rename(self.job_dir(job_id), trash)
         except FileNotFoundError:
-            return
+            return None
+        return trash
+
+    @staticmethod
+    def remove(trash: Path) -> None:
+        """Remove a tree `detach` renamed away."""
         shutil.rmtree(trash, ignore_errors=True)
 
     def purge_deleted(self) -> int:

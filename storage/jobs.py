@@ -4,111 +4,50 @@ SQLite through aiosqlite is the default; only portable constructs are used, so a
 PostgreSQL URL (asyncpg) needs no other code. Every phase change is a
 compare-and-set (`JobStore.transition`): an UPDATE guarded by the phases it may
 leave, so concurrent abort, completion and destruction can never interleave into
-an impossible history.
+an impossible history. The tables are in `storage.schema`; `JobStore.open` migrates
+a store to them (`storage.migrate`).
+
+**Versions.** Every change to a job or to its results bumps the job's ``version``
+(`Job.version`), in the same statement as the change: a transition, an update, a
+registration of results (which also moves `Job.last_seq`, the newest result's number),
+a claim or release by a server. Two reads of a job with the same version show the same
+job and the same results, so the version is an exact, cheap validator for caches of
+anything derived from a job (rendered documents, ETags).
+
+**Several servers.** Each change is announced to the subscribers of this store
+(`JobStore.subscribe`) once committed, and on PostgreSQL to every other server too
+(``NOTIFY`` in the same transaction, delivered at commit; `storage.notify`). Job rows
+are cached in memory: a SQLite store belongs to one server process (the state
+directory's lock sees to it: `storage.guard`), so there every change goes through this
+object and the cache is kept write-through; on a shared (PostgreSQL) store, a cached
+row is served only after a one-column read of its version agrees.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
-                        TypeDecorator, UniqueConstraint, delete, event, func, insert, select, update)
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Table, delete, event, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-#: Bumped whenever the tables change; `JobStore.open` migrates older stores and refuses newer ones.
-#: 1: jobs and results. 2: table_rows, the growing SIAP table of each job. 3: uploads.
-SCHEMA_VERSION = 3
+from storage.migrate import upgrade
+from storage.schema import JobRow, ResultRow, TableRowRow, UploadRow, UTCDateTime
 
-
-class UTCDateTime(TypeDecorator):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the job store")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class SchemaRow(Base):
-    __tablename__ = "schema_version"
-    version: Mapped[int] = mapped_column(Integer, primary_key=True)
-
-
-class JobRow(Base):
-    __tablename__ = "jobs"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(255))
-    run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    phase: Mapped[str] = mapped_column(String(16))
-    creation_time: Mapped[datetime] = mapped_column(UTCDateTime)
-    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    execution_duration: Mapped[int] = mapped_column(Integer)
-    destruction: Mapped[datetime] = mapped_column(UTCDateTime)
-    quote: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    start_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    error_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    parameters: Mapped[list] = mapped_column(JSON)
-    spec: Mapped[dict] = mapped_column(JSON)
-    info: Mapped[dict] = mapped_column(JSON, default=dict)
-    __table_args__ = (Index("ix_jobs_owner_created", "owner", "creation_time"),
-                      Index("ix_jobs_phase", "phase"), Index("ix_jobs_destruction", "destruction"))
-
-
-class ResultRow(Base):
-    __tablename__ = "results"
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    result_id: Mapped[str] = mapped_column(String(255))
-    path: Mapped[str] = mapped_column(String(1024))
-    size: Mapped[int] = mapped_column(BigInteger)
-    mime_type: Mapped[str] = mapped_column(String(64))
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)
-    __table_args__ = (UniqueConstraint("job_id", "result_id", name="uq_results_job_result"),)
-
-
-class UploadRow(Base):
-    """A table a job's UPLOAD parameter gave, kept as received (UWS shows it by reference)."""
-
-    __tablename__ = "uploads"
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    mime_type: Mapped[str] = mapped_column(String(64))
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class TableRowRow(Base):
-    __tablename__ = "table_rows"
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    field: Mapped[int] = mapped_column(Integer)
-    image_id: Mapped[str] = mapped_column(String(255))
-    result_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    #: the pre-rendered VOTable <TR>, with "{BASE}" standing for the service's base URL
-    row: Mapped[str] = mapped_column(Text)
-    __table_args__ = (Index("ix_table_rows_job_field", "job_id", "field"),)
-
+#: the channel of change notifications on PostgreSQL
+CHANNEL = "siasync_jobs"
+#: what a change notification says changed: the phase (or the job is gone), its results, other fields,
+#: or its runner (claimed or let go)
+PHASE, RESULTS, UPDATED, RUNNER = "phase", "results", "updated", "runner"
+#: the first key of the advisory locks that make a check and a write atomic per owner (PostgreSQL)
+_OWNER_LOCK = 0x5A5A
 
 @dataclass(frozen=True)
 class Product:
@@ -153,6 +92,12 @@ class Job:
     spec: dict
     #: progress and other service facts shown in jobInfo
     info: dict = field(default_factory=dict)
+    #: bumped by every change to the job or its results
+    version: int = 1
+    #: the sequence number of the job's newest result (0 for none)
+    last_seq: int = 0
+    #: the server running the job, or None
+    runner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,63 +140,80 @@ class StoreFull(StoreError):
     """The store cannot write: its disk is full (nothing of the failed write was stored)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (a connection was refused or lost); the write, if any, did not happen."""
+
+
+class ValueTooLong(ValueError):
+    """A value longer than its column holds; nothing was written (every backend refuses it alike)."""
+
+    def __init__(self, column: str, limit: int, length: int) -> None:
+        super().__init__(f"{column}: {length} characters, longer than the {limit} the store holds")
+        self.column, self.limit, self.length = column, limit, length
+
+
+class NotRunning(StoreError):
+    """Results were not registered: the job is no longer EXECUTING, or another server runs it now."""
+
+
 def _disk_full(exc: BaseException) -> bool:
     """Whether a driver error says the disk is full: SQLITE_FULL, or PostgreSQL's disk_full (53100)."""
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(exc, "sqlstate", None) == "53100"
 
 
-class JobStore:
-    """Async access to jobs and results.
+def check_lengths(table: Table, values: dict[str, Any]) -> None:
+    """Refuse a text value longer than its column (SQLite would store it, PostgreSQL fail on it)."""
+    for name, value in values.items():
+        column = table.columns.get(name)
+        limit = getattr(column.type, "length", None) if column is not None else None
+        if limit and isinstance(value, str) and len(value) > limit:
+            raise ValueTooLong(f"{table.name}.{name}", limit, len(value))
 
-    Job rows and each job's newest result number are cached in memory, write-through:
-    every change goes through this object, which drops or updates its entry, so reads
-    that pollers repeat many times a second cost no query. This assumes one server
-    process writes the store (several API servers on one store are not supported).
+
+#: ``admit(active)``: called with the field counts of the owner's QUEUED or EXECUTING jobs, inside the
+#: transaction that queues a job; it raises to refuse (nothing is then written)
+Admission = Callable[[list[int]], None]
+
+
+class JobStore:
+    """Async access to jobs and results (see the module's docstring for versions and caching).
+
+    ``exclusive``: this object is the store's only writer (a SQLite store, guarded), so cached
+    rows are trusted; otherwise they are checked against the stored version on every read.
+    ``origin``: this server's name in the notifications it sends, so that it skips its own.
     """
 
     CACHED_JOBS = 256
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, exclusive: bool, origin: str = "") -> None:
         self.engine = engine
-        self._session = async_sessionmaker(engine, expire_on_commit=False)
+        self.exclusive = exclusive
+        self.origin = origin
+        self.postgres = engine.dialect.name == "postgresql"
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._last_seq: dict[str, int] = {}
-        #: writes so far; a value read from the database is cached only if no write came meanwhile
+        self._subscribers: list[Callable[[str, str], None]] = []
+        #: writes so far; a row read from the database is cached only if no write came meanwhile
         self._writes = 0
-
-    def _changed(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
-        self._last_seq.pop(job_id, None)
-        self._writes += 1
-
-    def _updated(self, job_id: str, changed: bool, changes: dict[str, Any]) -> None:
-        """Apply a job row's update to its cached copy (a big job's spec is costly to read again)."""
-        self._writes += 1
-        cached = self._jobs.get(job_id)
-        if changed and cached is not None:
-            self._cache(replace(cached, **changes))
-
-    def _cache(self, job: Job) -> None:
-        """Keep the job as the database holds it: times in UTC."""
-        self._jobs[job.id] = replace(job, **{name: getattr(job, name).astimezone(UTC) for name in _TIMES
-                                            if getattr(job, name) is not None})
-        self._jobs.move_to_end(job.id)
-        while len(self._jobs) > self.CACHED_JOBS:
-            self._jobs.popitem(last=False)
+        self._owner_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
-    async def open(cls, url: str) -> JobStore:
-        """Connect, create the tables when missing, and check the schema version."""
+    async def open(cls, url: str, origin: str = "") -> JobStore:
+        """Connect and migrate the store to this siasync's schema (under a lock: `storage.migrate`)."""
+        sqlite = url.startswith("sqlite")
         # msgspec: a 10,000-position spec encodes in 1 ms instead of json's 24 ms, and decodes 5x faster
         engine = create_async_engine(url, json_serializer=_json_text, json_deserializer=msgspec.json.decode,
-                                     **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}))
+                                     **({"connect_args": {"timeout": 30}} if sqlite else {"pool_size": 10}))
 
         @event.listens_for(engine.sync_engine, "handle_error")
-        def _full(context: Any) -> None:
+        def _translate(context: Any) -> None:
             if _disk_full(context.original_exception):
                 raise StoreFull("the job store's disk is full") from context.original_exception
+            if context.is_disconnect or isinstance(context.original_exception, ConnectionError):
+                raise StoreUnavailable(f"the database cannot be reached: {context.original_exception}") \
+                    from context.original_exception
 
-        if url.startswith("sqlite"):
+        if sqlite:
 
             @event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -261,54 +223,125 @@ class JobStore:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.close()
 
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-            found = (await conn.execute(select(SchemaRow.version))).scalars().all()
-            if not found:
-                await conn.execute(insert(SchemaRow).values(version=SCHEMA_VERSION))
-            elif max(found) > SCHEMA_VERSION:
-                await engine.dispose()
-                raise StoreError(f"the job store has schema version {max(found)}; this siasync "
-                                 f"reads versions up to {SCHEMA_VERSION}")
-            elif max(found) < SCHEMA_VERSION:
-                # 1 -> 2 adds table_rows, 2 -> 3 uploads: create_all has just made them; older jobs have none
-                await conn.execute(delete(SchemaRow))
-                await conn.execute(insert(SchemaRow).values(version=SCHEMA_VERSION))
-        return cls(engine)
+        try:
+            async with engine.connect() as conn:
+                await conn.run_sync(upgrade)
+        except Exception:
+            await engine.dispose()
+            raise
+        return cls(engine, exclusive=sqlite, origin=origin)
 
     async def close(self) -> None:
         """Release the connections."""
         await self.engine.dispose()
 
+    # -- notifications and the cache ------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(job_id, what)`` after each change committed (``what``: `PHASE`, `RESULTS`, ...)."""
+        self._subscribers.append(callback)
+
+    def announce(self, job_id: str, what: str) -> None:
+        """Tell the subscribers of a change (this process's, and those of a `storage.notify.Listener`)."""
+        for callback in self._subscribers:
+            callback(job_id, what)
+
+    async def _notify(self, s: AsyncSession, job_id: str, what: str) -> None:
+        """Within a write's transaction: announce the change to the other servers when it commits."""
+        if self.postgres:
+            await s.execute(select(func.pg_notify(CHANNEL, f"{self.origin} {job_id} {what}")))
+
+    @asynccontextmanager
+    async def _writing(self, job_id: str, what: str) -> AsyncIterator[AsyncSession]:
+        """A write transaction about a job, announced once committed (also when the write changed nothing)."""
+        async with self.sessions.begin() as s:
+            yield s
+            await self._notify(s, job_id, what)
+        self._writes += 1
+        self.announce(job_id, what)
+
+    def _cache(self, job: Job) -> None:
+        """Keep the job as the database holds it: times in UTC."""
+        self._jobs[job.id] = replace(job, **{name: getattr(job, name).astimezone(UTC) for name in _TIMES
+                                            if getattr(job, name) is not None})
+        self._jobs.move_to_end(job.id)
+        while len(self._jobs) > self.CACHED_JOBS:
+            self._jobs.popitem(last=False)
+
+    def _follow(self, job_id: str, version: int | None, changes: dict[str, Any]) -> None:
+        """Apply a write that made ``version`` (None: it changed nothing) to the cached row, when that was the one
+        just before; otherwise forget the row."""
+        cached = self._jobs.get(job_id)
+        if cached is None or version is None:
+            return
+        if cached.version == version - 1:
+            self._cache(replace(cached, **changes, version=version))
+        else:
+            del self._jobs[job_id]
+
+    def forget(self, job_id: str) -> None:
+        """Drop a cached row (another server changed it)."""
+        self._jobs.pop(job_id, None)
+
     # -- jobs -----------------------------------------------------------------------------
 
-    async def create(self, job: Job, uploads: Iterable[tuple[str, str, bytes]] = ()) -> None:
-        """Insert a new job, with the tables it uploaded: (name, MIME type, bytes)."""
-        async with self._session.begin() as s:
-            await s.execute(insert(JobRow).values(**{name: getattr(job, name) for name in _JOB_FIELDS}))
+    def _owner_lock(self, owner: str, admit: Admission | None) -> Any:
+        """Held around an admission and its write: a SQLite store has one writer process, whose concurrent
+        requests this orders (on PostgreSQL, `_admit` takes a lock in the database that every server sees)."""
+        return self._owner_locks.setdefault(owner, asyncio.Lock()) if admit and self.exclusive else nullcontext()
+
+    async def _admit(self, s: AsyncSession, owner: str, admit: Admission | None) -> None:
+        """Run ``admit`` on the owner's active jobs, in the transaction of the write it admits."""
+        if admit is None:
+            return
+        if self.postgres:  # held until the transaction ends: the other servers' admissions wait for it
+            await s.execute(select(func.pg_advisory_xact_lock(_OWNER_LOCK, func.hashtext(owner))))
+        query = select(JobRow.info).where(JobRow.owner == owner, JobRow.phase.in_(["QUEUED", "EXECUTING"]))
+        admit([int(info.get("fields_total", 0)) for info in (await s.execute(query)).scalars()])
+
+    async def create(self, job: Job, uploads: Iterable[tuple[str, str, bytes]] = (),
+                     admit: Admission | None = None) -> None:
+        """Insert a new job, with the tables it uploaded: (name, MIME type, bytes).
+
+        ``admit``: checked against the owner's active jobs in the same transaction (for a QUEUED job).
+        """
+        values = {name: getattr(job, name) for name in _JOB_FIELDS}
+        check_lengths(JobRow.__table__, values)
+        uploads = list(uploads)
+        for name, mime_type, _ in uploads:
+            check_lengths(UploadRow.__table__, {"name": name, "mime_type": mime_type})
+        async with self._owner_lock(job.owner, admit), self._writing(job.id, PHASE) as s:
+            await self._admit(s, job.owner, admit)
+            await s.execute(insert(JobRow).values(**values))
             for name, mime_type, data in uploads:
                 await s.execute(insert(UploadRow).values(job_id=job.id, name=name, mime_type=mime_type, data=data))
-        self._writes += 1
         self._cache(job)  # a new job is read at once, and a big one is costly to decode
 
     async def get(self, job_id: str, fresh: bool = False) -> Job | None:
         """The job, or None.
 
-        ``fresh``: read the database even when the job is cached. A change another writer has
-        committed reaches the cache only when that writer resumes, so after a compare-and-set
-        has failed, only a fresh read tells which phase made it fail.
+        ``fresh``: read the whole row even when it is cached (a compare-and-set has failed, and
+        the caller must know which phase made it fail).
         """
         job = None if fresh else self._jobs.get(job_id)
         if job is not None:
-            self._jobs.move_to_end(job_id)
+            if not self.exclusive:
+                async with self.sessions() as s:
+                    version = (await s.execute(select(JobRow.version).where(JobRow.id == job_id))).scalar()
+                if version != job.version:
+                    self._jobs.pop(job_id, None)
+                    return await self.get(job_id, fresh=True) if version is not None else None
+            if job_id in self._jobs:  # (a change may have dropped it while the version was read)
+                self._jobs.move_to_end(job_id)
             return job
         writes = self._writes
-        async with self._session() as s:
+        async with self.sessions() as s:
             row = (await s.execute(select(JobRow).where(JobRow.id == job_id))).scalar_one_or_none()
         if row is None:
+            self._jobs.pop(job_id, None)
             return None
         job = _job(row)
-        if self._writes == writes:
+        if self._writes == writes or not self.exclusive:
             self._cache(job)
         return job
 
@@ -330,35 +363,46 @@ class JobStore:
             query = query.where(JobRow.creation_time > after)
         if last is not None:
             query = query.limit(last)
-        async with self._session() as s:
+        async with self.sessions() as s:
             return [_job(r) for r in (await s.execute(query)).scalars()]
 
-    async def transition(self, job_id: str, from_phases: Sequence[str], to_phase: str, **changes: Any) -> bool:
-        """Compare-and-set: move the job to ``to_phase`` only if it is in ``from_phases``."""
-        async with self._session.begin() as s:
-            result = await s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.phase.in_(list(from_phases)))
-                                     .values(phase=to_phase, **changes))
-        self._updated(job_id, result.rowcount == 1, {"phase": to_phase, **changes})
-        return result.rowcount == 1
+    async def transition(self, job_id: str, from_phases: Sequence[str], to_phase: str, *,
+                         admit: Admission | None = None, owner: str = "", **changes: Any) -> bool:
+        """Compare-and-set: move the job to ``to_phase`` only if it is in ``from_phases``.
+
+        ``admit`` (with the job's ``owner``): checked against the owner's active jobs in the same transaction.
+        """
+        return await self.update_where(job_id, PHASE, {"phase": to_phase, **changes},
+                                  JobRow.phase.in_(list(from_phases)), admit, owner)
 
     async def update(self, job_id: str, *, in_phases: Sequence[str] | None = None, **changes: Any) -> bool:
         """Change fields of a job (only while in ``in_phases``, when given)."""
+        guard = JobRow.phase.in_(list(in_phases)) if in_phases is not None else None
+        return await self.update_where(job_id, UPDATED, changes, guard)
+
+    async def update_where(self, job_id: str, what: str, changes: dict[str, Any], guard: Any = None,
+                      admit: Admission | None = None, owner: str = "") -> bool:
+        """One UPDATE of a job, guarded by the condition ``guard``, that bumps its version and is announced as
+        ``what``; whether it changed the row."""
+        check_lengths(JobRow.__table__, changes)
         query = update(JobRow).where(JobRow.id == job_id)
-        if in_phases is not None:
-            query = query.where(JobRow.phase.in_(list(in_phases)))
-        async with self._session.begin() as s:
-            changed = (await s.execute(query.values(**changes))).rowcount == 1
-        self._updated(job_id, changed, changes)
-        return changed
+        if guard is not None:
+            query = query.where(guard)
+        query = query.values(**changes, version=JobRow.version + 1).returning(JobRow.version)
+        async with self._owner_lock(owner, admit), self._writing(job_id, what) as s:
+            await self._admit(s, owner, admit)
+            version = (await s.execute(query)).scalar()
+        self._follow(job_id, version, changes)
+        return version is not None
 
     async def delete(self, job_id: str) -> bool:
         """Forget a job and its results."""
-        async with self._session.begin() as s:
+        async with self._writing(job_id, PHASE) as s:
             await s.execute(delete(ResultRow).where(ResultRow.job_id == job_id))
             await s.execute(delete(TableRowRow).where(TableRowRow.job_id == job_id))
             await s.execute(delete(UploadRow).where(UploadRow.job_id == job_id))
             deleted = (await s.execute(delete(JobRow).where(JobRow.id == job_id))).rowcount == 1
-        self._changed(job_id)
+        self._jobs.pop(job_id, None)
         return deleted
 
     async def uploads(self, job_id: str, name: str | None = None) -> list[tuple[str, str, bytes]]:
@@ -366,21 +410,18 @@ class JobStore:
         query = select(UploadRow.name, UploadRow.mime_type, UploadRow.data).where(UploadRow.job_id == job_id)
         if name is not None:
             query = query.where(UploadRow.name == name)
-        async with self._session() as s:
+        async with self.sessions() as s:
             return [tuple(row) for row in (await s.execute(query.order_by(UploadRow.name))).all()]
 
     async def replace_uploads(self, job_id: str, uploads: Iterable[tuple[str, str, bytes]]) -> None:
         """Make ``uploads`` the job's tables, dropping the ones it had."""
-        async with self._session.begin() as s:
+        uploads = list(uploads)
+        for name, mime_type, _ in uploads:
+            check_lengths(UploadRow.__table__, {"name": name, "mime_type": mime_type})
+        async with self.sessions.begin() as s:
             await s.execute(delete(UploadRow).where(UploadRow.job_id == job_id))
             for name, mime_type, data in uploads:
                 await s.execute(insert(UploadRow).values(job_id=job_id, name=name, mime_type=mime_type, data=data))
-
-    async def active_fields(self, owner: str) -> list[int]:
-        """The field count of each of the owner's QUEUED or EXECUTING jobs."""
-        query = select(JobRow.info).where(JobRow.owner == owner, JobRow.phase.in_(["QUEUED", "EXECUTING"]))
-        async with self._session() as s:
-            return [int(info.get("fields_total", 0)) for info in (await s.execute(query)).scalars()]
 
     async def ids_where(self, *, phases: Iterable[str] | None = None,
                         destroy_before: datetime | None = None) -> list[str]:
@@ -390,53 +431,54 @@ class JobStore:
             query = query.where(JobRow.phase.in_(list(phases)))
         if destroy_before is not None:
             query = query.where(JobRow.destruction <= destroy_before)
-        async with self._session() as s:
+        async with self.sessions() as s:
             return list((await s.execute(query.order_by(JobRow.creation_time))).scalars())
 
     # -- results --------------------------------------------------------------------------
 
-    async def register(self, job_id: str, products: Sequence[Product], rows: Sequence[TableRow]) -> None:
+    async def register(self, job_id: str, products: Sequence[Product], rows: Sequence[TableRow],
+                       runner: str | None = None) -> None:
         """Append results and table rows in one transaction: both lists grow together or not at all.
 
-        Sequence numbers continue from the job's largest; the (job, seq) primary key
-        makes a concurrent writer that took the same numbers fail and retry. Rows are
-        inserted with one executemany per table, so a batch costs two statements.
+        Only while the job is EXECUTING (and, with ``runner``, run by that server): the same
+        statement checks that, bumps the job's version and takes the next sequence numbers, and
+        it locks the job's row until the commit, so an ABORT or DELETE either comes before (and
+        nothing is registered) or waits for the registration. Rows are inserted with one
+        executemany per table.
 
         Raises
         ------
+        NotRunning
+            When the job is not EXECUTING (or another server runs it): nothing was registered.
         IntegrityError
             When the job already has a result with one of these ids.
         """
-        for attempt in range(20):
-            try:
-                newest = None
-                async with self._session.begin() as s:
-                    for table, items in ((ResultRow.__table__, products), (TableRowRow.__table__, rows)):
-                        if not items:
-                            continue
-                        last = (await s.execute(select(func.coalesce(func.max(table.c.seq), 0))
-                                                .where(table.c.job_id == job_id))).scalar_one()
-                        await s.execute(insert(table), [
-                            {"job_id": job_id, "seq": last + i, **_columns(item)} for i, item in enumerate(items, 1)])
-                        if table is ResultRow.__table__:
-                            newest = last + len(items)
-                # the job row itself is unchanged; only its newest result number moved, to a number known here:
-                # a hundred pollers of a busy job need not each ask the database for it after every batch
-                self._writes += 1
-                if newest is not None:
-                    self._last_seq[job_id] = newest
-                return
-            except IntegrityError:
-                existing = [await self.result(job_id, p.result_id) for p in products]
-                if attempt == 19 or any(e is not None for e in existing):
-                    raise
+        guard = update(JobRow).where(JobRow.id == job_id, JobRow.phase == "EXECUTING")
+        if runner is not None:
+            guard = guard.where(JobRow.runner == runner)
+        guard = guard.values(version=JobRow.version + 1, last_seq=JobRow.last_seq + len(products)).returning(
+            JobRow.version, JobRow.last_seq)
+        async with self._writing(job_id, RESULTS) as s:
+            moved = (await s.execute(guard)).one_or_none()
+            if moved is None:
+                raise NotRunning(f"job {job_id} is not executing here: nothing registered")
+            version, last = moved
+            if products:
+                await s.execute(insert(ResultRow), [{"job_id": job_id, "seq": last - len(products) + i,
+                                                     **_columns(p)} for i, p in enumerate(products, 1)])
+            if rows:
+                first = (await s.execute(select(func.coalesce(func.max(TableRowRow.seq), 0))
+                                         .where(TableRowRow.job_id == job_id))).scalar_one()
+                await s.execute(insert(TableRowRow), [{"job_id": job_id, "seq": first + i, **_columns(r)}
+                                                      for i, r in enumerate(rows, 1)])
+        self._follow(job_id, version, {"last_seq": last})
 
     async def done_pairs(self, job_id: str, first_field: int, last_field: int) -> set[tuple[int, str]]:
         """The (field, image) pairs of some fields that already have their table rows."""
         query = (select(TableRowRow.field, TableRowRow.image_id).distinct()
                  .where(TableRowRow.job_id == job_id, TableRowRow.field >= first_field,
                         TableRowRow.field <= last_field))
-        async with self._session() as s:
+        async with self.sessions() as s:
             return {(f, i) for f, i in (await s.execute(query)).all()}
 
     async def table_rows(self, job_id: str, after: int = 0, limit: int = 2000,
@@ -446,13 +488,13 @@ class JobStore:
                  .order_by(TableRowRow.seq).limit(limit))
         if upto is not None:
             query = query.where(TableRowRow.seq <= upto)
-        async with self._session() as s:
+        async with self.sessions() as s:
             return [(seq, row) for seq, row in (await s.execute(query)).all()]
 
     async def last_table_seq(self, job_id: str) -> int:
         """The sequence number of the job's newest table row (0 for none)."""
         query = select(func.coalesce(func.max(TableRowRow.seq), 0)).where(TableRowRow.job_id == job_id)
-        async with self._session() as s:
+        async with self.sessions() as s:
             return (await s.execute(query)).scalar_one()
 
     async def results(self, job_id: str, after: int = 0, limit: int | None = None) -> list[Result]:
@@ -463,24 +505,17 @@ class JobStore:
         t = ResultRow.__table__.c
         query = (select(t.seq, t.result_id, t.path, t.size, t.mime_type, t.meta)
                  .where(t.job_id == job_id, t.seq > after).order_by(t.seq).limit(limit))
-        async with self._session() as s:
+        async with self.sessions() as s:
             return [Result(*row) for row in (await s.execute(query)).all()]
-
-    async def last_result_seq(self, job_id: str) -> int:
-        """The sequence number of the job's newest result (0 for none)."""
-        last = self._last_seq.get(job_id)
-        if last is None:
-            writes = self._writes
-            query = select(func.coalesce(func.max(ResultRow.seq), 0)).where(ResultRow.job_id == job_id)
-            async with self._session() as s:
-                last = (await s.execute(query)).scalar_one()
-            if self._writes == writes:
-                self._last_seq[job_id] = last
-        return last
 
     async def result(self, job_id: str, result_id: str) -> Result | None:
         """One result by id, or None."""
         query = select(ResultRow).where(ResultRow.job_id == job_id, ResultRow.result_id == result_id)
-        async with self._session() as s:
+        async with self.sessions() as s:
             r = (await s.execute(query)).scalar_one_or_none()
         return None if r is None else Result(r.seq, r.result_id, r.path, r.size, r.mime_type, r.meta)
+
+    async def ping(self) -> None:
+        """One round trip to the database (raises when it cannot be reached)."""
+        async with self.sessions() as s:
+            await s.execute(text("SELECT 1"))

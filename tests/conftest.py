@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ settings.register_profile("siasync", derandomize=True, database=None, deadline=N
 settings.load_profile("siasync")
 
 REPO = Path(__file__).resolve().parents[1]
+_DATABASES = itertools.count()
 DEMO_SETTINGS = REPO / "data" / "demo-survey.toml"
 
 
@@ -42,6 +44,27 @@ def demo_index(demo_archive: Path):
     from cutout.index import ArchiveIndex
 
     return ArchiveIndex.load(demo_archive)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session (`deploy.postgres`); each user makes a database of its own in it."""
+    from deploy.postgres import Postgres
+
+    server = Postgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def new_database(postgres):
+    """Make an empty database in the session's PostgreSQL server; its SQLAlchemy URL."""
+    def make() -> str:
+        return postgres.create_database(f"test{next(_DATABASES)}")
+
+    return make
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

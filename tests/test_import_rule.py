@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: third-party top-level modules each package may import (the standard library is always fine)
 ALLOWED = {
     "cutout": {"numpy", "astropy", "astropy_healpix", "PIL", "reproject", "cutout"},
-    "storage": {"numpy", "astropy", "sqlalchemy", "aiosqlite", "aiofiles", "msgspec", "storage", "cutout"},
+    "storage": {"numpy", "astropy", "sqlalchemy", "aiosqlite", "aiofiles", "msgspec", "alembic", "asyncpg", "storage",
+                "cutout"},
 }
 
 

@@ -4,7 +4,8 @@
 has already imported the worker module, so a pool starts in well under a second,
 and each worker keeps its parent cache for its lifetime. If a worker dies, the
 pool is rebuilt and the batches it lost are reported as `LostTask`, which the
-scheduler submits again.
+scheduler submits again. `ExecutorDown` says that the executor itself was lost (a Dask
+scheduler): the batch is sent again once `TaskPool.problem` is None, however often.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class LostTask(RuntimeError):
     """A batch whose worker died before finishing; it may be submitted again."""
 
 
+class ExecutorDown(RuntimeError):
+    """A batch lost with the executor (a Dask scheduler out of reach); it is sent again once the executor is back."""
+
+
 class Submitted(Protocol):
     """A submitted batch."""
 
@@ -36,7 +41,12 @@ class Submitted(Protocol):
 class TaskPool(Protocol):
     """What the scheduler needs from a pool of workers."""
 
+    #: worker processes (threads) this server may keep busy
     workers: int
+    #: servers sharing the executor, this one included (set by the scheduler; a Dask cluster's share follows it)
+    sharing: int
+    #: why the executor cannot run batches now, or None
+    problem: str | None
 
     async def start(self) -> None:
         """Start the workers."""
@@ -71,6 +81,8 @@ class LocalPool:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self.sharing = 1  # the workers are this server's own
+        self.problem: str | None = None
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["siasync.staging.worker"])
         self._executor = self._new_executor()
@@ -105,6 +117,16 @@ class LocalPool:
     async def close(self) -> None:
         """Stop the workers, dropping queued batches."""
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+
+
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel tasks and wait for them to end. Cancelled again while any runs on: before Python 3.12, wait_for and
+    timeout may swallow a cancellation that comes as they time out (or their awaitable completes)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
 
 
 def make_pool(executor: str, workers: int) -> TaskPool:

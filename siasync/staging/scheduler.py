@@ -20,8 +20,20 @@ delivers each field's bands as they are made and keeps an abort's wait as short.
 
 **Stopping.** `cancel` withdraws the job's batches that have not started; those
 already running finish, and their files are deleted instead of registered.
-`stopped` returns once nothing of the job is running, so a destroy that follows
-can delete the directory for good.
+`stopped` returns once nothing of the job is running, here or on the server that runs
+it, so a destroy that follows can delete the directory for good.
+
+**Several servers.** Jobs are not handed to a scheduler: each scheduler claims them
+from the store (`storage.runners.Runners.claim`) as it has room, when told that a job
+was queued or let go (the store's notifications) and every `CLAIM_EVERY` seconds
+besides, and at a deferred job's start. A job runs under its server's lease: a
+heartbeat renews it, and when a server dies the others let its jobs go and resume
+them (pairs already registered are not made again). Whatever stops a job (ABORT,
+DELETE, its execution duration) is a phase change in the store, which reaches the
+scheduler running it as a notification; registration itself checks the phase, so
+nothing is registered once a job has left EXECUTING. A scheduler whose executor is
+down claims nothing, and a job whose batches were lost with the executor waits for it
+to come back, then sends them again.
 """
 
 from __future__ import annotations
@@ -39,12 +51,13 @@ from datetime import UTC, datetime, timedelta
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
 from siasync.staging.dispatch import Dispatcher, Ticket
-from siasync.staging.pool import LostTask, TaskPool
+from siasync.staging.pool import ExecutorDown, LostTask, TaskPool, cancel_all
 from siasync.staging.worker import BatchTask, PairOutcome, PairTask, coadd_tasks
 from siasync.uws.jobs import JobService, staging_request
 from siasync.uws.params import StagingRequest
 from siasync.uws.representations import job_path
-from storage.jobs import Job, Product, StoreFull, TableRow
+from storage.jobs import PHASE, RUNNER, Job, NotRunning, Product, StoreFull, TableRow
+from storage.runners import Runners
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +74,10 @@ RETRIES = 3
 EXPIRY_MARGIN = 0.02
 #: seconds between attempts to record a job's error while the store's disk is full
 RECORD_EVERY = 2.0
+#: seconds between looks for jobs to claim, besides those that notifications prompt
+CLAIM_EVERY = 2.0
+#: seconds between looks at whether a lost executor is back
+EXECUTOR_CHECK = 0.5
 
 
 @dataclass
@@ -100,52 +117,152 @@ class Progress:
 
 
 class Scheduler:
-    """Runs queued jobs on a `TaskPool`."""
+    """Runs the jobs it claims from the store on a `TaskPool`."""
 
     def __init__(self, service: JobService, index: ArchiveIndex, pool: TaskPool, max_jobs: int,
-                 policy: str = "fair") -> None:
+                 runners: Runners, policy: str = "fair") -> None:
         self.service = service
         self.index = index
         self.pool = pool
+        self.runners = runners
         self.dispatcher = Dispatcher(pool, policy=policy)
         self.max_jobs = max_jobs
         self._queue: asyncio.Queue[str] = asyncio.Queue()
+        #: jobs claimed here, queued or running
+        self._claimed: set[str] = set()
+        #: jobs to stop: their output is deleted, not registered
         self._cancelled: set[str] = set()
+        #: jobs another server runs now (this one was taken for dead): stopped, their output left alone
+        self._lost: set[str] = set()
+        #: jobs whose end the store could not record yet (its disk is full): kept until it is recorded
+        self._finishing: set[str] = set()
         self._running: dict[str, asyncio.Event] = {}
+        self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._timers: list[asyncio.TimerHandle] = []
-        self._expiring: set[asyncio.Task] = set()
+        self._side_tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        """Start the pool and the job runners."""
+        """Start the pool, join the servers, and start claiming and running jobs."""
         await self.pool.start()
+        await self.runners.join()
+        await self.runners.free_dead()  # on SQLite: every job the last server ran, at once
+        await self._share()
+        self.service.store.subscribe(self._changed)
         self._tasks = [asyncio.create_task(self._runner(), name=f"job-runner-{i}") for i in range(self.max_jobs)]
+        self._tasks += [asyncio.create_task(self._claimer(), name="claimer"),
+                        asyncio.create_task(self._heartbeats(), name="heartbeats")]
 
     async def close(self) -> None:
-        """Stop the runners and the pool; jobs left EXECUTING resume at the next start."""
-        for timer in self._timers:
-            timer.cancel()
+        """Stop the runners and the pool, and let this server's jobs go: another server (or the next start)
+        resumes them."""
         self._cancelled.update(self._running)
         self.dispatcher.shutdown()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all([*self._tasks, *self._side_tasks])
         await self.pool.close()
+        with contextlib.suppress(Exception):  # a store out of reach: the lease runs out instead
+            await self.runners.leave()
 
     def submit(self, job_id: str) -> None:
-        """Queue a QUEUED job."""
-        self._cancelled.discard(job_id)
-        self._queue.put_nowait(job_id)
+        """A job was queued: look for work now (a deferred job also gets its quote)."""
+        self._wake.set()
+        self._spawn(self._quote_deferred(job_id), f"quote-{job_id}")
 
     def cancel(self, job_id: str) -> None:
-        """Stop the job: withdraw its waiting batches, discard the running ones' output."""
-        self._cancelled.add(job_id)
+        """Stop the job here: withdraw its waiting batches, discard the running ones' output."""
+        if job_id in self._claimed:
+            self._cancelled.add(job_id)
+
+    @property
+    def problem(self) -> str | None:
+        """Why this server cannot run jobs now (its executor is down), or None."""
+        return self.pool.problem
 
     async def stopped(self, job_id: str, timeout: float = 30.0) -> None:
-        """Wait until nothing of the job is running."""
+        """Wait until nothing of the job is running, here or on the server that runs it (while that one lives)."""
         event = self._running.get(job_id)
         if event is not None:
             await asyncio.wait_for(event.wait(), timeout)
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            job = await self.service.store.get(job_id, fresh=True)
+            if job is None or job.runner in (None, self.runners.id) or not await self.runners.alive(job.runner):
+                return
+            await asyncio.sleep(0.05)
+
+    def _spawn(self, coroutine: object, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _changed(self, job_id: str, what: str) -> None:
+        """A change in the store: a job to claim, or one running here that may have to stop."""
+        if what in (PHASE, RUNNER):
+            self._wake.set()
+        if job_id in self._running and what in (PHASE, RUNNER):
+            self._spawn(self._check(job_id), f"check-{job_id}")
+
+    async def _check(self, job_id: str) -> None:
+        """Stop a job running here if it left EXECUTING (ABORT, DELETE, its duration) or another server has it."""
+        job = await self.service.store.get(job_id)
+        if job is None or job.phase != "EXECUTING":
+            self.cancel(job_id)
+        elif job.runner != self.runners.id:
+            self._lose(job_id)
+
+    def _lose(self, job_id: str) -> None:
+        log.warning("job %s: another server runs it now; stopping here", job_id)
+        self._lost.add(job_id)
+        self._cancelled.add(job_id)
+
+    async def _claimer(self) -> None:
+        """Claim jobs while runners are free and the executor is up; sleep until told, or a deferred start."""
+        while True:
+            self._wake.clear()
+            timeout = CLAIM_EVERY
+            try:
+                if self.problem is None:
+                    free = self.max_jobs - len(self._claimed)
+                    for job_id in await self.runners.claim(free):
+                        self._claimed.add(job_id)
+                        self._queue.put_nowait(job_id)
+                start = await self.runners.next_start()
+                if start is not None:
+                    timeout = min(timeout, max(0.0, (start - datetime.now(UTC)).total_seconds()) + EXPIRY_MARGIN)
+            except Exception as exc:  # the store out of reach: try again later
+                log.warning("cannot claim jobs: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def _heartbeats(self) -> None:
+        """Renew this server's lease, let the jobs of dead servers go, and check the jobs running here."""
+        while True:
+            await asyncio.sleep(self.runners.heartbeat_every)
+            try:
+                if not await self.runners.heartbeat():
+                    log.error("this server was taken for dead: its jobs run elsewhere now")
+                    for job_id in list(self._claimed):
+                        self._lose(job_id)
+                    await self.runners.join()
+                if await self.runners.free_dead():
+                    self._wake.set()
+                await self._share()
+                for job_id in list(self._running):  # in case a notification was lost
+                    await self._check(job_id)
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _share(self) -> None:
+        """Count the servers sharing this server's Dask cluster: its share of the cluster follows."""
+        if self.runners.executor.startswith("dask://"):
+            self.pool.sharing = max(1, sum(s.executor == self.runners.executor for s in await self.runners.servers()))
+
+    async def _quote_deferred(self, job_id: str) -> None:
+        job = await self.service.store.get(job_id)
+        if job is not None and job.phase == "QUEUED" and job.start_after and job.start_after > datetime.now(UTC):
+            await self.service.store.update(job_id, in_phases=["QUEUED"],
+                                            quote=self.quote(job_id, job.info.get("cost", 0), job.start_after))
 
     async def _runner(self) -> None:
         while True:
@@ -161,6 +278,18 @@ class Scheduler:
                     message = "internal error while staging; see the log"
                 # also from QUEUED: a job that failed to start would otherwise wait for a runner that never comes
                 await self._finish(job_id, "ERROR", message, ("QUEUED", "EXECUTING"))
+            finally:
+                self._cancelled.discard(job_id)
+                self._lost.discard(job_id)
+                if job_id not in self._finishing:  # kept until its end is recorded, not claimed again meanwhile
+                    await self._release(job_id)
+
+    async def _release(self, job_id: str) -> None:
+        """Let a job go (it ended, or stopped here), and look for other work."""
+        self._claimed.discard(job_id)
+        with contextlib.suppress(Exception):  # a store out of reach: the lease runs out instead
+            await self.runners.release(job_id)
+        self._wake.set()
 
     async def _finish(self, job_id: str, phase: str, error: str | None = None,
                       from_phases: tuple[str, ...] = ("EXECUTING",)) -> None:
@@ -169,8 +298,8 @@ class Scheduler:
             await self.service.finish(job_id, phase, error and ("fatal", error), from_phases)
         except StoreFull:
             log.error("job %s: cannot record %s, the disk is full; trying every %s s", job_id, phase, RECORD_EVERY)
-            self._tasks.append(asyncio.create_task(self._finish_later(job_id, phase, error, from_phases),
-                                                   name=f"finish-{job_id}"))
+            self._finishing.add(job_id)
+            self._spawn(self._finish_later(job_id, phase, error, from_phases), f"finish-{job_id}")
         except Exception:  # the runner must go on to the next job; this one resumes at the next start
             log.exception("job %s: cannot record %s", job_id, phase)
 
@@ -180,22 +309,24 @@ class Scheduler:
             with contextlib.suppress(StoreFull):
                 # False when the job was destroyed meanwhile
                 await self.service.finish(job_id, phase, error and ("fatal", error), from_phases)
-                return
+                break
+        self._finishing.discard(job_id)
+        await self._release(job_id)
 
     async def _run(self, job_id: str) -> None:
-        job = await self.service.store.get(job_id)
-        if job is None or job.phase != "QUEUED" or job_id in self._cancelled:
-            self._cancelled.discard(job_id)  # stopped or destroyed before it ran: nothing more to stop
-            return
-        delay = (job.start_after - datetime.now(UTC)).total_seconds() if job.start_after else 0
-        if delay > 0:
-            self._timers.append(asyncio.get_running_loop().call_later(delay, self.submit, job_id))
-            await self.service.store.update(job_id, quote=self.quote(job_id, job.info.get("cost", 0), job.start_after))
-            return
+        job = await self.service.store.get(job_id, fresh=True)
+        if job is None or job.runner != self.runners.id or job_id in self._cancelled:
+            return  # stopped or destroyed before it ran: nothing more to stop
         done = asyncio.Event()
         self._running[job_id] = done
         try:
-            started = await self.service.start(job_id)
+            if job.phase == "QUEUED":
+                started = await self.service.start(job_id)
+            else:  # resumed: its last server died, or this one restarted
+                started = job if job.phase == "EXECUTING" else None
+                if started is not None:
+                    await asyncio.to_thread(self.service.files.create, job_id)
+                    await asyncio.to_thread(self.service.files.remove_temporaries, job_id)
             if started is not None:
                 # the job is aborted the moment its execution duration runs out, not at the reaper's next sweep
                 # (a moment after: the loop's timers are in whole milliseconds and may fire a little early)
@@ -208,13 +339,10 @@ class Scheduler:
                     timer.cancel()
         finally:
             del self._running[job_id]
-            self._cancelled.discard(job_id)
             done.set()
 
     def _expire(self, job_id: str) -> None:
-        task = asyncio.create_task(self.service.expire(job_id), name=f"expire-{job_id}")
-        self._expiring.add(task)
-        task.add_done_callback(self._expiring.discard)
+        self._spawn(self.service.expire(job_id), f"expire-{job_id}")
 
     async def _batches(self, job: Job, request: StagingRequest, progress: Progress) -> AsyncIterator[BatchTask]:
         """The job's work, planned a chunk of fields at a time, skipping pairs already registered."""
@@ -292,11 +420,14 @@ class Scheduler:
         batches = self._batches(job, request, progress)
         exhausted = False
         fatal: str | None = None
+        #: batches lost with the executor (its scheduler died): sent again once it is back
+        parked: list[BatchTask] = []
 
         async def refill() -> None:
             """Keep up to `limit` batches in flight while the job runs, yielding to finished ones."""
             nonlocal exhausted, planned_to
             while (not exhausted and len(in_flight) < limit and job.id not in self._cancelled and not fatal
+                   and not parked and self.problem is None
                    and not any(f.done() for f in in_flight)):  # finished batches are registered first
                 batch = await anext(batches, None)
                 if batch is None:
@@ -315,6 +446,14 @@ class Scheduler:
                 await refill()
                 if job.id in self._cancelled or fatal:
                     self._withdraw(ticket, in_flight, outstanding)
+                    for batch in parked:
+                        _release(outstanding, batch)
+                    parked.clear()
+                if parked and not in_flight and await self._executor_back(job.id):
+                    for batch in parked:
+                        self._launch(ticket, in_flight, batch, 0)
+                    parked.clear()
+                    continue
                 if not in_flight:
                     break
                 finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -323,6 +462,8 @@ class Scheduler:
                     batch, attempt = in_flight.pop(future)
                     try:
                         completed.append((batch, future.result()))
+                    except ExecutorDown:
+                        parked.append(batch)
                     except LostTask:
                         if attempt < RETRIES and job.id not in self._cancelled:
                             self._launch(ticket, in_flight, batch, attempt + 1)
@@ -354,6 +495,14 @@ class Scheduler:
             await self._write_progress(job.id, progress, force=True)
             await self._finish(job.id, "COMPLETED")
 
+    async def _executor_back(self, job_id: str) -> bool:
+        """Wait until the executor is back (True), or the job is stopped meanwhile (False)."""
+        if self.problem is not None:
+            log.warning("job %s waits for the executor: %s", job_id, self.problem)
+        while self.problem is not None and job_id not in self._cancelled:
+            await asyncio.sleep(EXECUTOR_CHECK)
+        return job_id not in self._cancelled
+
     def _launch(self, ticket: Ticket, in_flight: dict, batch: BatchTask, attempt: int) -> None:
         in_flight[self.dispatcher.submit(ticket, batch)] = (batch, attempt)
 
@@ -371,6 +520,8 @@ class Scheduler:
         """
         outcomes = [o for _, batch_outcomes in completed for o in batch_outcomes]
         written = [name for o in outcomes for name, _, _ in o.products]
+        if job_id in self._lost:  # another server runs the job now, and makes (or made) the same files
+            return None
         if job_id in self._cancelled:
             await asyncio.to_thread(_delete_files, self.service.files, job_id, written)
             return None
@@ -379,11 +530,16 @@ class Scheduler:
         rows = [TableRow(o.field_index, o.image_id, name, row) for o in outcomes for name, row in o.rows]
         if products or rows:
             try:
-                await self.service.store.register(job_id, products, rows)
+                await self.service.store.register(job_id, products, rows, runner=self.runners.id)
             except StoreFull:  # unregistered files would be orphans; deleting them frees room to record the error
                 await asyncio.to_thread(_delete_files, self.service.files, job_id, written)
                 return "cannot register results: the disk is full"
-            self.service.results_watch.notify(job_id)
+            except NotRunning:  # stopped (ABORT, DELETE, its duration) or taken over since the batch started
+                await self._check(job_id)
+                if job_id not in self._lost:
+                    self.cancel(job_id)
+                    await asyncio.to_thread(_delete_files, self.service.files, job_id, written)
+                return None
         progress.record(len(products), sum(p.size for p in products))
         progress.pairs += sum(o.pairs for o in outcomes if o.problem is None)
         for o in outcomes:
@@ -397,6 +553,8 @@ class Scheduler:
                               force: bool = False) -> None:
         """Write the progress, and a fresh quote while the job runs (``ticket``)."""
         now = time.monotonic()
+        if job_id in self._lost:  # the progress is the other server's to write now
+            return
         if force or now - progress._written >= PROGRESS_EVERY:
             progress._written = now
             quote = {"quote": self.quote(job_id, ticket.remaining)} if ticket is not None else {}

@@ -2,9 +2,11 @@
 
 A job with tens of thousands of results renders to megabytes; a hundred pollers
 must not each render it. A document is re-rendered when the job changes, and only
-then: every read shows the job as the store holds it, so a results list read after
-the ``table`` or after a ``result`` event lists every result they showed. A
-per-document lock makes concurrent misses render once.
+then: when its version (`storage.jobs.Job.version`, bumped by every change to the job
+or its results, on any server) differs from the rendered one's. Every read shows the
+job as the store holds it, so a results list read after the ``table`` or after a
+``result`` event lists every result they showed. A per-document lock makes concurrent
+misses render once.
 
 Results are only ever appended to a job, so each job's rendered result elements are
 kept and extended with the results registered since: a re-render reads and formats
@@ -47,7 +49,6 @@ class Document:
 @dataclass
 class _Entry:
     job: Job
-    last_seq: int
     document: Document
 
 
@@ -110,22 +111,21 @@ class JobDocuments:
         return listing.parts
 
     @staticmethod
-    def _fresh(entry: _Entry | None, job: Job, last_seq: int) -> bool:
-        """Whether a rendered document shows the job as it is now: the same row and the same newest result."""
-        return entry is not None and entry.last_seq == last_seq and entry.job == job
+    def _fresh(entry: _Entry | None, job: Job) -> bool:
+        """Whether a rendered document shows the job as it is now: the same version of it."""
+        return entry is not None and entry.job.version == job.version and entry.job == job
 
     async def _get(self, job: Job, base: str, kind: str, render: Callable[[], Awaitable[bytes]]) -> Document:
         key = (job.id, base, kind)
-        last_seq = await self.store.last_result_seq(job.id)
         entry = self._entries.get(key)
-        if self._fresh(entry, job, last_seq):
+        if self._fresh(entry, job):
             self._entries.move_to_end(key)
             return entry.document
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self._entries.get(key)
-            if not self._fresh(entry, job, last_seq):
-                entry = _Entry(job, last_seq, Document.of(await render()))
+            if not self._fresh(entry, job):
+                entry = _Entry(job, Document.of(await render()))
                 self._entries[key] = entry
                 self._entries.move_to_end(key)
                 while len(self._entries) > MAX_ENTRIES:

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
-from siasync.errors import NotFound, PermissionDenied, UsageError
+from siasync.errors import NotFound, PermissionDenied, Unavailable, UsageError
 from siasync.uws.documents import JobDocuments
 from siasync.uws.params import (
     JobControl,
@@ -35,7 +35,7 @@ from siasync.uws.representations import SODA_PREFIX
 from siasync.uws.uploads import Upload, resolve
 from siasync.vocabulary import PHASES
 from storage.files import ResultFiles
-from storage.jobs import Job, JobStore, Result
+from storage.jobs import PHASE, RESULTS, UPDATED, Job, JobStore, Result
 
 log = logging.getLogger(__name__)
 #: phases in which WAIT blocks (UWS 1.1, 2.2.1.1)
@@ -60,9 +60,16 @@ class Executor(Protocol):
     async def stopped(self, job_id: str, timeout: float = 10.0) -> None:
         """Wait until the job's work can write nothing more."""
 
+    @property
+    def problem(self) -> str | None:
+        """Why no job can run now (the executor is down), or None."""
+
 
 class PhaseWatch:
     """Wakes waiters on a job (WAIT on phase changes, event streams on new results), in this process.
+
+    The store's change notifications, this server's and the other servers' alike, reach it
+    through `JobService.changed`.
 
     A waiter that reads the job and then waits must `arm` first: a notification that comes
     while it reads (an await) then still wakes it, instead of being lost until the timeout.
@@ -76,6 +83,11 @@ class PhaseWatch:
         event = self._events.pop(job_id, None)
         if event is not None:
             event.set()
+
+    def notify_all(self) -> None:
+        """Wake every waiter (notifications may have been lost: each looks again)."""
+        for job_id in list(self._events):
+            self.notify(job_id)
 
     def arm(self, job_id: str) -> asyncio.Event:
         """The event that the next notification for ``job_id`` sets; take it before reading the job."""
@@ -113,6 +125,18 @@ class JobService:
         self.executor: Executor | None = None
         #: the parameters of a SODA job (``/soda/async``): what it stages and its UWS settings (None: no SODA jobs)
         self.soda: Callable[[RawParams], tuple[StagingRequest, JobControl]] | None = None
+
+    def changed(self, job_id: str, what: str) -> None:
+        """A change of the job in the store (`storage.jobs.JobStore.subscribe`): wake who waits on it."""
+        if what == PHASE:
+            self.watch.notify(job_id)
+        if what in (PHASE, RESULTS, UPDATED):
+            self.results_watch.notify(job_id)
+
+    def resumed(self) -> None:
+        """Notifications may have been lost (the database was out of reach): every waiter looks again."""
+        self.watch.notify_all()
+        self.results_watch.notify_all()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -186,8 +210,8 @@ class JobService:
             raw = _with_inline_upload(raw, parts)
             uploads = await resolve([v for n, v in raw if n == "UPLOAD"], parts, self.limits.upload_urls)
             request, control = await self._parse(raw, uploads)
-        if control.run:  # refused before anything is stored
-            await self._check_owner_limits(owner, len(request.positions))
+        if control.run:
+            self._check_executor()
         info = await self._sizes(request)
         # to the millisecond, as shown: AFTER compares with the times clients have seen, so a job created
         # 0.4 ms after the instant a client pages from is not "after" it
@@ -200,7 +224,9 @@ class JobService:
                   execution_duration=control.execution_duration, destruction=control.destruction, quote=None,
                   start_after=control.start, error_type=None, error_message=None,
                   parameters=[list(p) for p in raw if p[0] != "PHASE"], spec=request.to_spec(), info=info)
-        await self.store.create(job, [u.as_row() for u in uploads])
+        # the owner's limits are checked in the transaction that stores the job: refused, nothing is stored
+        await self.store.create(job, [u.as_row() for u in uploads],
+                                self._admission(owner, len(request.positions)) if control.run else None)
         log.info("job %s created by %s: %d fields, FORMAT=%s, MODE=%s, %s", job.id, owner, len(request.positions),
                  request.format, request.mode, job.phase)
         if control.run and self.executor is not None:
@@ -210,9 +236,11 @@ class JobService:
     async def run(self, job_id: str, owner: str) -> None:
         """PHASE=RUN: PENDING (or HELD) to QUEUED, then hand the job to the executor."""
         job = await self.get(job_id, owner)
-        if job.phase in RUNNABLE:
-            await self._check_owner_limits(owner, job.info.get("fields_total", 0))
-        if not await self._transition(job_id, RUNNABLE, "QUEUED"):
+        admit = None
+        if job.phase in RUNNABLE:  # otherwise refused for its phase
+            self._check_executor()
+            admit = self._admission(owner, job.info.get("fields_total", 0))
+        if not await self.store.transition(job_id, RUNNABLE, "QUEUED", owner=owner, admit=admit):
             raise await self._refused(job_id, "run")
         if self.executor is not None:
             self.executor.submit(job_id)
@@ -224,15 +252,23 @@ class JobService:
             sizes["cost"] = await asyncio.to_thread(estimate_cost, self.index, request)
         return sizes
 
-    async def _check_owner_limits(self, owner: str, fields: int) -> None:
-        """Refuse to queue ``fields`` more for an owner at a limit of active jobs or queued fields."""
-        active = await self.store.active_fields(owner)
-        if len(active) >= self.limits.owner_active_jobs:
-            raise UsageError("PHASE", f"{owner} already has {len(active)} jobs queued or executing, the limit; "
-                                      "run this job when one of them has finished")
-        if sum(active) + fields > self.limits.owner_queued_fields:
-            raise UsageError("PHASE", f"{owner} has {sum(active)} fields queued or executing; {fields} more would "
-                                      f"exceed the limit of {self.limits.owner_queued_fields}")
+    def _check_executor(self) -> None:
+        """Refuse to queue a job while the executor is down: it would wait there unseen."""
+        problem = self.executor.problem if self.executor is not None else None
+        if problem is not None:
+            raise Unavailable(f"no job can run now: {problem}; try again later")
+
+    def _admission(self, owner: str, fields: int) -> Callable[[list[int]], None]:
+        """The check that queueing ``fields`` more for an owner keeps within the limits of active jobs and queued
+        fields; the store runs it on the owner's active jobs, atomically with the change (on every server)."""
+        def admit(active: list[int]) -> None:
+            if len(active) >= self.limits.owner_active_jobs:
+                raise UsageError("PHASE", f"{owner} already has {len(active)} jobs queued or executing, the limit; "
+                                          "run this job when one of them has finished")
+            if sum(active) + fields > self.limits.owner_queued_fields:
+                raise UsageError("PHASE", f"{owner} has {sum(active)} fields queued or executing; {fields} more "
+                                          f"would exceed the limit of {self.limits.owner_queued_fields}")
+        return admit
 
     async def abort(self, job_id: str, owner: str) -> None:
         """PHASE=ABORT: keep the results so far and stop."""
@@ -250,11 +286,12 @@ class JobService:
         if self.executor is not None:
             self.executor.cancel(job_id)
             await self.executor.stopped(job_id)
-        await self.store.delete(job_id)
-        await asyncio.to_thread(self.files.delete, job_id)
+        await self.store.delete(job_id)  # its waiters are woken by the change, and their armed events dropped
+        # the directory goes at once, not after a wait for a thread: who sees the job gone finds no files either
+        trash = self.files.detach(job_id)
+        if trash is not None:
+            await asyncio.to_thread(self.files.remove, trash)
         log.info("job %s destroyed%s", job_id, " (its destruction time came)" if owner is None else "")
-        self.watch.notify(job_id)
-        self.results_watch.notify(job_id)  # and the job's armed events are dropped with it
 
     async def set_destruction(self, job_id: str, owner: str, param: str, text: str) -> None:
         """A new destruction instant, clamped to the maximum retention."""
@@ -348,12 +385,6 @@ class JobService:
             changes.update(error_type=error[0], error_message=error[1])
         return await self._transition(job_id, from_phases, phase, **changes)
 
-    async def requeue_interrupted(self) -> list[str]:
-        """After a restart: EXECUTING jobs go back to QUEUED; return every queued job."""
-        for job_id in await self.store.ids_where(phases=["EXECUTING"]):
-            await self._transition(job_id, ("EXECUTING",), "QUEUED")
-        return await self.store.ids_where(phases=["QUEUED"])
-
     async def reap(self, now: datetime | None = None) -> tuple[list[str], list[str]]:
         """Destroy expired jobs and abort jobs past their execution duration."""
         now = now or datetime.now(UTC)
@@ -389,8 +420,6 @@ class JobService:
     async def _transition(self, job_id: str, from_phases: Iterable[str], to_phase: str, **changes: object) -> bool:
         moved = await self.store.transition(job_id, tuple(from_phases), to_phase, **changes)
         if moved:
-            self.watch.notify(job_id)
-            self.results_watch.notify(job_id)
             await self._log_phase(job_id, to_phase)
         return moved
 

@@ -166,7 +166,10 @@ class Vosi(Controller):
     async def availability(self, sia: Sia, state: State) -> Response:
         readable = await asyncio.to_thread(archive_readable, sia.index)
         up_since: datetime = state.up_since
-        note = (f"siasync {__version__}: {len(sia.index)} archive images in {len(sia.index.collections)} "
-                "collections; SIAP 1.0 at /sia, UWS 1.1 jobs at /async" if readable
-                else f"the archive directory {sia.index.root} cannot be read")
-        return Response(availability_xml(readable, up_since, [note]), media_type=XML)
+        problems, details = await state.health()
+        if not readable:
+            problems.insert(0, f"the archive directory {sia.index.root} cannot be read")
+        notes = problems or [f"siasync {__version__}: {len(sia.index)} archive images in "
+                             f"{len(sia.index.collections)} collections; SIAP 1.0 at /sia, UWS 1.1 jobs at /async",
+                             *details]
+        return Response(availability_xml(not problems, up_since, notes), media_type=XML)

@@ -145,15 +145,41 @@ EXECUTORS = ["local", "dask-local:2"]
 LOCAL_ONLY = pytest.mark.parametrize("executor", ["local"], scope="module")
 
 
+#: the e2e core (progressive results, abort, destroy, restart, the destroy races) runs on both stores: on SQLite
+#: with every executor, and on PostgreSQL with the local pool (the store does not depend on the executor)
+BOTH_STORES = pytest.mark.parametrize(("executor", "database"), [
+    ("local", "sqlite"), ("dask-local:2", "sqlite"), ("local", "postgresql")], scope="module")
+#: the same, for tests of what no executor changes
+LOCAL_BOTH_STORES = pytest.mark.parametrize(("executor", "database"), [("local", "sqlite"), ("local", "postgresql")],
+                                            scope="module")
+
+
 @pytest.fixture(scope="module", params=EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> str:
     """The ``--executor`` of the servers a test starts."""
     return request.param
 
 
+@pytest.fixture(scope="module")
+def database() -> str:
+    """The store of the servers a test starts: ``sqlite`` (in the state directory) unless a test asks for
+    ``postgresql`` too (`BOTH_STORES`)."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def store_args(database: str, request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The ``--database-url`` of a new PostgreSQL database for a server, or nothing for SQLite."""
+    if database == "sqlite":
+        return ()
+    return ("--database-url", request.getfixturevalue("new_database")())
+
+
 @pytest.fixture
-def server(tmp_path: Path, demo_archive: Path, executor: str) -> Iterator[Server]:
-    srv = Server(demo_archive, tmp_path / "state", tmp_path / "server.log", "--executor", executor).start()
+def server(tmp_path: Path, demo_archive: Path, executor: str, database: str,
+           request: pytest.FixtureRequest) -> Iterator[Server]:
+    args = () if database == "sqlite" else ("--database-url", request.getfixturevalue("new_database")())
+    srv = Server(demo_archive, tmp_path / "state", tmp_path / "server.log", "--executor", executor, *args).start()
     try:
         yield srv
     finally:
@@ -171,7 +197,9 @@ def serving(root: Path, archive: Path, *args: str, env: dict[str, str] | None = 
 
 
 @pytest.fixture(scope="module")
-def staging(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path, executor: str) -> Iterator[Server]:
+def staging(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path, executor: str,
+            store_args: tuple[str, ...]) -> Iterator[Server]:
     """One server with two workers, shared by a module's tests."""
-    with serving(tmp_path_factory.mktemp("staging"), demo_archive, "--workers", "2", "--executor", executor) as srv:
+    with serving(tmp_path_factory.mktemp("staging"), demo_archive, "--workers", "2", "--executor", executor,
+                 *store_args) as srv:
         yield srv

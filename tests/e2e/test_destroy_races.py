@@ -38,10 +38,12 @@ HTTP = httpx.Client(timeout=60)
 CHILDREN = ("", "/phase", "/results", "/results/table", "/events", "/parameters", "/error", "/destruction")
 
 
-@pytest.fixture(scope="module")
-def racing(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path) -> Iterator[Server]:
-    """One server for every trial: two local workers, and a reaper that sweeps ten times a second."""
-    with serving(tmp_path_factory.mktemp("races"), demo_archive, "--workers", "2",
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def racing(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path,
+           request: pytest.FixtureRequest) -> Iterator[Server]:
+    """One server for every trial, on each store: two local workers, and a reaper that sweeps ten times a second."""
+    store = () if request.param == "sqlite" else ("--database-url", request.getfixturevalue("new_database")())
+    with serving(tmp_path_factory.mktemp("races"), demo_archive, "--workers", "2", *store,
                  env={"SIASYNC_REAPER_INTERVAL_S": "0.1"}) as srv:
         yield srv
 

@@ -13,7 +13,8 @@ from astropy.time import Time
 from pyvo.dal import AsyncTAPJob
 from pyvo.io.uws import parse_job
 
-from tests.e2e.conftest import LOCAL_ONLY, Server, assert_each_pair_once, submit, wait_final
+from tests.e2e.conftest import (BOTH_STORES, LOCAL_BOTH_STORES, LOCAL_ONLY, Server, assert_each_pair_once, submit,
+                                wait_final)
 
 
 def create(server: Server, **params: object) -> str:
@@ -45,7 +46,7 @@ def test_pyvo_drives_a_job_against_the_real_server(server: Server) -> None:
     assert httpx.get(url).status_code == 404
 
 
-@LOCAL_ONLY
+@LOCAL_BOTH_STORES
 def test_a_restart_keeps_every_job_phase_parameter_and_result(server: Server) -> None:
     done = create(server, FORMAT="ALL", RUNID="kept", PHASE="RUN")
     wait_final(done)
@@ -76,6 +77,7 @@ def test_a_queued_job_survives_a_kill_and_runs_after_restart(server: Server) -> 
     assert final.phase == "COMPLETED" and final.results
 
 
+@BOTH_STORES
 def test_an_executing_job_resumes_after_sigkill_with_each_product_once(server: Server, demo_archive) -> None:
     positions = [(150.1 + 0.004 * (i % 25), 2.2 + 0.004 * (i // 25)) for i in range(150)]
     job = create(server, POS=[f"{ra},{dec}" for ra, dec in positions], SIZE="0.03", PHASE="RUN")

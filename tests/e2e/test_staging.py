@@ -17,7 +17,7 @@ from pyvo.io.uws import parse_job
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Field
-from tests.e2e.conftest import LOCAL_ONLY, Server, submit, wait_final
+from tests.e2e.conftest import BOTH_STORES, LOCAL_ONLY, Server, submit, wait_final
 
 SIZE = 0.03
 
@@ -49,6 +49,7 @@ def expected_pairs(index: ArchiveIndex, positions: list[tuple[float, float]]) ->
     return {(i, r.id) for i, (ra, dec) in enumerate(positions) for r in index.lookup(Field(ra, dec, SIZE, SIZE))}
 
 
+@BOTH_STORES
 def test_results_and_table_grow_while_the_job_runs(staging: Server, demo_index: ArchiveIndex) -> None:
     positions = grid(300)
     job = start(staging, positions)
@@ -134,6 +135,7 @@ def test_events_deliver_every_result_and_resume_with_last_event_id(staging: Serv
     assert httpx.get(job + "/events", headers={"Last-Event-ID": "soon"}).status_code == 400
 
 
+@BOTH_STORES
 def test_delete_mid_job_leaves_no_files(staging: Server) -> None:
     job = start(staging, grid(300))
     until(lambda: len(products(job)) >= 2)
@@ -148,6 +150,7 @@ def test_delete_mid_job_leaves_no_files(staging: Server) -> None:
     assert httpx.get(job + "/results/table").status_code == 404
 
 
+@BOTH_STORES
 def test_abort_mid_job_keeps_what_was_registered(staging: Server) -> None:
     job = start(staging, grid(300))
     until(lambda: len(products(job)) >= 2)

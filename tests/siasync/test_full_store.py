@@ -20,6 +20,7 @@ from siasync.staging.worker import BatchTask, PairOutcome
 from siasync.uws.jobs import JobService
 from storage.files import ResultFiles
 from storage.jobs import JobStore, StoreFull
+from storage.runners import Runners
 
 
 class Answered:
@@ -38,6 +39,8 @@ class Answered:
 
 class InstantPool:
     workers = 1
+    sharing = 1
+    problem = None
 
     async def start(self) -> None:
         pass
@@ -66,7 +69,8 @@ def test_a_job_whose_start_cannot_be_recorded_ends_in_error_and_the_runner_goes_
         store.transition = refused_while_full
         limits = limits_for(Settings(archive=demo_archive, state_dir=tmp_path), demo_index)
         service = JobService(store, ResultFiles(tmp_path / "results"), limits, 30, demo_index)
-        runner = Scheduler(service, demo_index, InstantPool(), max_jobs=1)  # one runner: losing it stops all
+        # one runner: losing it stops all
+        runner = Scheduler(service, demo_index, InstantPool(), max_jobs=1, runners=Runners(store, "local"))
         service.executor = runner
         await runner.start()
         try:

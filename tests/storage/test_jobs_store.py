@@ -1,9 +1,12 @@
-"""The job store: compare-and-set phases under races, ordered results, schema versions."""
+"""The job store, on SQLite and on PostgreSQL: compare-and-set phases under races, ordered results checked
+against the phase, versions, atomic admission, values too long, and migrations (Alembic, from the schema
+versions before it)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,7 +14,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
-from storage.jobs import SCHEMA_VERSION, Job, JobStore, Product, StoreError, StoreFull, TableRow
+from storage.jobs import Job, JobStore, NotRunning, Product, StoreFull, TableRow, ValueTooLong
+from storage.migrate import SchemaError, head
 
 
 def make_job(job_id: str, owner: str = "alice", phase: str = "PENDING", created: datetime | None = None) -> Job:
@@ -29,13 +33,19 @@ async def run_and_close(opening) -> None:
     await (await opening).close()
 
 
-def url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
 
 
-def test_jobs_round_trip_with_utc_times(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty store on each backend."""
+    return sqlite_url(tmp_path) if request.param == "sqlite" else request.getfixturevalue("new_database")()
+
+
+def test_jobs_round_trip_with_utc_times(url: str) -> None:
     async def scenario() -> Job | None:
-        store = await JobStore.open(url(tmp_path))
+        store = await JobStore.open(url)
         await store.create(make_job("j1"))
         job = await store.get("j1")
         await store.close()
@@ -45,10 +55,10 @@ def test_jobs_round_trip_with_utc_times(tmp_path: Path) -> None:
     assert job is not None and job.creation_time.tzinfo is UTC and job.parameters == [["POS", "1,2"]]
 
 
-def test_the_cached_job_follows_every_write(tmp_path: Path) -> None:
-    """Updates change the cached row in place; what a second store reads from the file agrees."""
+def test_the_cached_job_follows_every_write(url: str) -> None:
+    """Updates change the cached row and its version; what a second store reads from the database agrees."""
     async def scenario() -> tuple[list[Job | None], list[Job | None]]:
-        store = await JobStore.open(url(tmp_path))
+        store = await JobStore.open(url)
         await store.create(make_job("j"))
         await store.get("j")  # cached from here on
         later = datetime.now(UTC).astimezone(timezone(timedelta(hours=2))) + timedelta(hours=3)
@@ -56,9 +66,10 @@ def test_the_cached_job_follows_every_write(tmp_path: Path) -> None:
         assert not await store.transition("j", ["PENDING"], "ABORTED")  # refused: the cache keeps QUEUED
         assert await store.update("j", info={"products": 3})
         assert not await store.update("j", in_phases=["EXECUTING"], info={"products": 4})
+        assert await store.transition("j", ["QUEUED"], "EXECUTING")
         await store.register("j", [Product("r1", 1, "image/fits")], [])
         cached = [await store.get("j")]
-        reader = await JobStore.open(url(tmp_path))
+        reader = await JobStore.open(url)
         stored = [await reader.get("j")]
         await store.close()
         await reader.close()
@@ -66,13 +77,41 @@ def test_the_cached_job_follows_every_write(tmp_path: Path) -> None:
 
     cached, stored = run(scenario())
     assert cached == stored
-    assert stored[0].phase == "QUEUED" and stored[0].info == {"products": 3}
+    assert stored[0].phase == "EXECUTING" and stored[0].info == {"products": 3}
+    assert stored[0].version == 5 and stored[0].last_seq == 1  # four changes and a registration
     assert cached[0].start_after.tzinfo == stored[0].start_after.tzinfo == UTC
 
 
-def test_racing_transitions_let_exactly_one_win(tmp_path: Path) -> None:
+def test_a_shared_store_never_serves_a_row_another_server_changed(new_database) -> None:
+    """Two stores on one PostgreSQL database, as two servers: each read shows the other's changes at once (a
+    SQLite store is one server's alone, and trusts its cache: tests/e2e/test_guard.py)."""
+    url = new_database()
+
+    async def scenario() -> list[tuple[str, int, int]]:
+        a, b = await JobStore.open(url), await JobStore.open(url)
+        seen = []
+        try:
+            await a.create(make_job("j", phase="EXECUTING"))
+            await b.get("j")  # cached by b
+            await a.register("j", [Product("r1", 1, "image/fits")], [])
+            job = await b.get("j")
+            seen.append((job.phase, job.version, job.last_seq))
+            assert await a.transition("j", ["EXECUTING"], "ABORTED")
+            job = await b.get("j")
+            seen.append((job.phase, job.version, job.last_seq))
+            assert await a.delete("j")
+            seen.append(await b.get("j"))
+        finally:
+            await a.close()
+            await b.close()
+        return seen
+
+    assert run(scenario()) == [("EXECUTING", 2, 1), ("ABORTED", 3, 1), None]
+
+
+def test_racing_transitions_let_exactly_one_win(url: str) -> None:
     async def scenario() -> list[tuple[bool, bool, str]]:
-        store = await JobStore.open(url(tmp_path))
+        store = await JobStore.open(url)
         outcomes = []
         for i in range(25):
             await store.create(make_job(f"r{i}", phase="EXECUTING"))
@@ -88,11 +127,11 @@ def test_racing_transitions_let_exactly_one_win(tmp_path: Path) -> None:
         assert final == ("COMPLETED" if done else "ABORTED")
 
 
-def test_results_are_ordered_and_unique_per_job(tmp_path: Path) -> None:
+def test_results_are_ordered_and_unique_per_job(url: str) -> None:
     async def scenario() -> None:
-        store = await JobStore.open(url(tmp_path))
-        await store.create(make_job("a"))
-        await store.create(make_job("b"))
+        store = await JobStore.open(url)
+        await store.create(make_job("a", phase="EXECUTING"))
+        await store.create(make_job("b", phase="EXECUTING"))
         await asyncio.gather(*(store.register("a", [Product(f"r{i}", i, "image/fits")],
                                               [TableRow(i, f"img{i}", f"r{i}", f"<TR>{i}</TR>")]) for i in range(20)))
         await store.register("b", [Product("r0", 1, "image/png")], [])
@@ -101,7 +140,7 @@ def test_results_are_ordered_and_unique_per_job(tmp_path: Path) -> None:
         assert len({r.result_id for r in results}) == 20
         assert [seq for seq, _ in await store.table_rows("a")] == list(range(1, 21))
         assert await store.done_pairs("a", 3, 4) == {(3, "img3"), (4, "img4")}
-        assert await store.last_result_seq("a") == 20
+        assert (await store.get("a")).last_seq == 20
         with pytest.raises(IntegrityError):
             await store.register("a", [Product("r3", 1, "image/fits")], [])
         assert (await store.result("b", "r0")).mime_type == "image/png"
@@ -112,9 +151,93 @@ def test_results_are_ordered_and_unique_per_job(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_list_filters_and_order(tmp_path: Path) -> None:
+def test_registration_checks_the_phase_and_the_runner(url: str) -> None:
+    """Nothing is registered once the job has left EXECUTING, nor by a server that no longer runs it; an abort
+    racing registrations lands between two of them, never inside one."""
+    async def scenario() -> tuple[list[int], int]:
+        store = await JobStore.open(url)
+        await store.create(make_job("j", phase="EXECUTING"))
+        assert await store.update("j", runner="server-a")
+        with pytest.raises(NotRunning):
+            await store.register("j", [Product("x", 1, "image/fits")], [], runner="server-b")
+        registered = []
+
+        async def register_in_turn() -> None:
+            for i in range(30):
+                try:
+                    await store.register("j", [Product(f"r{i}", 1, "image/fits")],
+                                         [TableRow(i, "img", f"r{i}", "<TR/>")], runner="server-a")
+                except NotRunning:
+                    continue
+                registered.append(i)
+
+        registering = asyncio.ensure_future(register_in_turn())
+        while len(registered) < 5:
+            await asyncio.sleep(0.001)
+        await store.transition("j", ["EXECUTING"], "ABORTED")
+        await registering
+        with pytest.raises(NotRunning):
+            await store.register("j", [Product("late", 1, "image/fits")], [], runner="server-a")
+        listed = [r.result_id for r in await store.results("j")]
+        rows = len(await store.table_rows("j"))
+        await store.close()
+        assert listed == [f"r{i}" for i in registered]
+        return registered, rows
+
+    registered, rows = run(scenario())
+    assert registered == list(range(len(registered))) and 5 <= rows == len(registered) < 30
+
+
+def test_admission_is_atomic_per_owner(url: str) -> None:
+    """Owners' limits checked inside the write: 30 concurrent creations through two stores (two servers) admit
+    exactly the limit."""
+    def admit(active: list[int]) -> None:
+        if len(active) >= 5:
+            raise PermissionError("limit")
+
+    async def scenario() -> int:
+        a, b = await JobStore.open(url), await JobStore.open(url)
+
+        async def create(store: JobStore, i: int) -> bool:
+            try:
+                await store.create(make_job(f"j{i}", phase="QUEUED", owner="alice"), admit=admit)
+            except PermissionError:
+                return False
+            return True
+
+        admitted = await asyncio.gather(*(create((a, b)[i % 2] if url.startswith("postgres") else a, i)
+                                          for i in range(30)))
+        queued = len(await a.list("alice", ["QUEUED"]))
+        await a.close()
+        await b.close()
+        assert sum(admitted) == queued
+        return queued
+
+    assert run(scenario()) == 5
+
+
+def test_values_longer_than_their_column_are_refused_alike(url: str) -> None:
+    async def scenario() -> list[str]:
+        store = await JobStore.open(url)
+        columns = []
+        for job, uploads in ((make_job("a", owner="x" * 256), ()), (replace(make_job("b"), run_id="r" * 300), ()),
+                             (make_job("c"), [("n" * 65, "text/csv", b"ra,dec\n")])):
+            with pytest.raises(ValueTooLong) as refused:
+                await store.create(job, uploads)
+            columns.append(refused.value.column)
+        await store.create(make_job("d", owner="x" * 255))  # the longest that fits
+        with pytest.raises(ValueTooLong):
+            await store.update("d", run_id="r" * 256)
+        assert await store.list(None) != [] and [j.id for j in await store.list(None)] == ["d"]
+        await store.close()
+        return columns
+
+    assert run(scenario()) == ["jobs.owner", "jobs.run_id", "uploads.name"]
+
+
+def test_list_filters_and_order(url: str) -> None:
     async def scenario() -> None:
-        store = await JobStore.open(url(tmp_path))
+        store = await JobStore.open(url)
         base = datetime(2026, 1, 1, tzinfo=UTC)
         for i in range(10):
             await store.create(make_job(f"j{i}", owner="alice" if i % 2 else "bob", created=base + timedelta(hours=i),
@@ -129,42 +252,73 @@ def test_list_filters_and_order(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    run(run_and_close(JobStore.open(url(tmp_path))))  # creates version SCHEMA_VERSION
+def test_servers_opening_an_empty_database_together_migrate_it_once(url: str) -> None:
+    """Six stores opened at once on an empty database (six servers starting): the migrations run under a lock,
+    once; every store works."""
+    async def scenario() -> list[Job | None]:
+        stores = await asyncio.gather(*(JobStore.open(url) for _ in range(6)))
+        await stores[0].create(make_job("j"))
+        found = [await store.get("j") for store in stores]
+        for store in stores:
+            await store.close()
+        return found
+
+    assert all(job is not None and job.id == "j" for job in run(scenario()))
+
+
+def test_a_store_of_a_newer_revision_is_refused(tmp_path: Path) -> None:
+    run(run_and_close(JobStore.open(sqlite_url(tmp_path))))
     with sqlite3.connect(tmp_path / "jobs.db") as db:
-        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    with pytest.raises(StoreError, match="schema version"):
-        run(JobStore.open(url(tmp_path)))
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(SchemaError, match="revision 9999, unknown to this siasync"):
+        run(JobStore.open(sqlite_url(tmp_path)))
 
 
-def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
-    async def create_v1() -> None:
-        store = await JobStore.open(url(tmp_path))
-        await store.create(make_job("old"))
-        await store.close()
+LEGACY = (Path(__file__).parent / "data" / "store-v3.sql").read_text()
 
-    run(create_v1())
-    with sqlite3.connect(tmp_path / "jobs.db") as db:  # as issue 3 left it: no table_rows yet
-        db.execute("DROP TABLE table_rows")
-        db.execute("UPDATE schema_version SET version = 1")
 
-    async def reopen() -> tuple[Job | None, list]:
-        store = await JobStore.open(url(tmp_path))
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_a_store_made_before_alembic_is_migrated(tmp_path: Path, version: int) -> None:
+    """Stores of schema versions 1 to 3, as the versions before Alembic made them (the DDL they ran), with a job
+    running and its results: every row kept, the job resumable, and the store at the newest revision."""
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        db.executescript(LEGACY)
+        if version < 3:
+            db.execute("DROP TABLE uploads")
+        if version < 2:
+            db.execute("DROP TABLE table_rows")
+        db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        db.execute("INSERT INTO jobs VALUES ('old', 'alice', NULL, 'EXECUTING', '2026-01-01 00:00:00.000000', "
+                   "'2026-01-01 00:00:01.000000', NULL, 60, '2026-02-01 00:00:00.000000', NULL, NULL, NULL, NULL, "
+                   "'[]', '{}', '{}')")
+        db.executemany("INSERT INTO results VALUES ('old', ?, ?, ?, 10, 'image/fits', '{}')",
+                       [(seq, f"r{seq}", f"r{seq}") for seq in (1, 2)])
+
+    async def reopen() -> tuple[Job | None, list, list]:
+        store = await JobStore.open(sqlite_url(tmp_path))
         job, rows = await store.get("old"), await store.table_rows("old")
+        await store.register("old", [Product("r3", 10, "image/fits")], [TableRow(0, "i", "r3", "<TR/>")])
+        results = [r.seq for r in await store.results("old")]
         await store.close()
-        return job, rows
+        return job, rows, results
 
-    job, rows = run(reopen())
-    assert job is not None and job.id == "old" and rows == []
+    job, rows, results = run(reopen())
+    assert job.id == "old" and job.phase == "EXECUTING" and job.last_seq == 2 and job.runner is None
+    assert job.creation_time == datetime(2026, 1, 1, tzinfo=UTC)
+    assert rows == [] and results == [1, 2, 3]
     with sqlite3.connect(tmp_path / "jobs.db") as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]
+    assert {"jobs", "results", "table_rows", "uploads", "servers", "leases"} <= tables
+    assert "schema_version" not in tables
 
 
 def test_a_full_disk_is_a_store_full_error_and_stores_nothing_of_the_write(tmp_path: Path) -> None:
     """SQLite's 'database or disk is full' (here: a page limit) becomes StoreFull; the failed write leaves nothing."""
     async def scenario() -> tuple[int, Job | None]:
-        store = await JobStore.open(url(tmp_path))
-        await store.create(make_job("j"))
+        store = await JobStore.open(sqlite_url(tmp_path))
+        await store.create(make_job("j", phase="EXECUTING"))
 
         @event.listens_for(store.engine.sync_engine, "connect")
         def no_room(dbapi_connection, _record) -> None:  # the database may not grow past its size now

@@ -1,0 +1,1 @@
+"""Alembic migrations of the job store: one revision per schema change (see `storage.migrate`)."""
