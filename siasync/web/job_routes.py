@@ -43,7 +43,7 @@ async def job_page_context(request: Request, service: JobService, pages: JobPage
     settings: Settings = request.app.state.settings
     try:
         query = PageQuery.parse(raw)
-        last_seq = await service.store.last_result_seq(job.id)  # before the rows: a result between is sent again
+        last_seq = job.last_seq  # read before the rows: a result registered between is sent again
         context = await pages.context(job, query)
     except UsageError as exc:
         if error is not None:
