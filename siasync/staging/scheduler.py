@@ -330,7 +330,8 @@ class Scheduler:
             if started is not None:
                 # the job is aborted the moment its execution duration runs out, not at the reaper's next sweep
                 # (a moment after: the loop's timers are in whole milliseconds and may fire a little early)
-                deadline = started.start_time + timedelta(seconds=started.execution_duration)
+                begun = started.start_time or datetime.now(UTC)
+                deadline = begun + timedelta(seconds=started.execution_duration)
                 timer = asyncio.get_running_loop().call_later(
                     max(0.0, (deadline - datetime.now(UTC)).total_seconds()) + EXPIRY_MARGIN, self._expire, job_id)
                 try:
