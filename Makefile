@@ -64,6 +64,7 @@ bench: $(VENV)/.installed-bench demo postgres
 	$(BIN)/python bench/service_bench.py --archive $(DEMO)
 	$(BIN)/python bench/page_bench.py --archive $(DEMO)
 	$(BIN)/python bench/staging_bench.py --archive $(DEMO)
+	$(BIN)/python bench/poll_bench.py --archive $(DEMO)
 	$(BIN)/python bench/stack_bench.py --archive $(DEMO)
 	$(BIN)/python bench/load_bench.py --archive $(DEMO)
 	$(BIN)/python bench/archive_bench.py --archive $(DEMO)

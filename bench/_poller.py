@@ -9,8 +9,10 @@ many answers were 304 Not Modified.
 
 With ``--conditional``, each poller sends the ETag of its last full answer in
 ``If-None-Match``, as a client that only wants changes does; 304s count as answers.
+With ``--deflate``, each poller sends ``Accept-Encoding: gzip, deflate`` as HTTP libraries
+and browsers do (the body is read as sent, not inflated); without it, ``identity``.
 
-    python bench/_poller.py HOST PORT PATH CLIENTS SECONDS [INTERVAL] [--conditional]
+    python bench/_poller.py HOST PORT PATH CLIENTS SECONDS [INTERVAL] [--conditional] [--deflate]
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
 
 
 async def poll(host: str, port: int, path: str, clients: int, seconds: float, interval: float,
-               conditional: bool = False) -> dict:
+               conditional: bool = False, deflate: bool = False) -> dict:
     latencies: list[float] = []
     failures = not_modified = 0
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/xml\r\n"
+    encoding = "gzip, deflate" if deflate else "identity"
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/xml\r\n"
+               f"Accept-Encoding: {encoding}\r\n")
     deadline = time.perf_counter() + seconds
 
     async def poller() -> None:
@@ -76,11 +80,12 @@ async def poll(host: str, port: int, path: str, clients: int, seconds: float, in
 
 
 def main() -> int:
-    args = [a for a in sys.argv[1:] if a != "--conditional"]
+    args = [a for a in sys.argv[1:] if a not in ("--conditional", "--deflate")]
     host, port, path = args[0], int(args[1]), args[2]
     clients, seconds = int(args[3]), float(args[4])
     interval = float(args[5]) if len(args) > 5 else 0.5
-    print(json.dumps(asyncio.run(poll(host, port, path, clients, seconds, interval, "--conditional" in sys.argv))))
+    print(json.dumps(asyncio.run(poll(host, port, path, clients, seconds, interval, "--conditional" in sys.argv,
+                                      "--deflate" in sys.argv))))
     return 0
 
 

@@ -12,8 +12,8 @@ import argparse
 import asyncio
 import shutil
 import statistics
-import time
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 

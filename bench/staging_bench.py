@@ -149,12 +149,13 @@ def wait_done(job: str, server: BenchServer, rss: list[float]) -> float:
 
 
 def poll(server: BenchServer, job: str, clients: int = 100, seconds: float = 10.0,
-         conditional: bool = False) -> dict:
+         conditional: bool = False, deflate: bool = False) -> dict:
     """GET job from ``clients`` pollers in their own process: latencies (ms), failures and 304 answers;
-    ``conditional``: each poller sends the ETag of its last full answer in If-None-Match."""
+    ``conditional``: each poller sends the ETag of its last full answer in If-None-Match; ``deflate``: each
+    accepts ``gzip, deflate`` as HTTP libraries do (otherwise only ``identity``)."""
     out = subprocess.run([sys.executable, str(REPO / "bench" / "_poller.py"), "127.0.0.1", str(server.port),
                           job.removeprefix(server.url), str(clients), str(seconds),
-                          *(["--conditional"] if conditional else [])],
+                          *(["--conditional"] if conditional else []), *(["--deflate"] if deflate else [])],
                          capture_output=True, text=True, check=True, timeout=seconds + 120)
     return json.loads(out.stdout)
 
@@ -225,7 +226,8 @@ def main() -> int:
 
         busy_job = post(server, positions(args.bulk, seed=4))  # keeps both cores busy while polled
         polled = {"small": poll(server, small_job), "bulk": poll(server, busy_job),
-                  "bulk-conditional": poll(server, busy_job, conditional=True)}
+                  "bulk-deflate": poll(server, busy_job, deflate=True),
+                  "bulk-conditional": poll(server, busy_job, conditional=True, deflate=True)}
         busy_products = info(busy_job)["jobInfo"]["products"]
         behind = {"fair": small_latencies(server, busy_job)}
         destroy(busy_job)
@@ -261,7 +263,8 @@ def main() -> int:
           f"{raw_rate:.0f} ({raw_made}) | {e2e / raw_rate:.0%} |")
     for name, label in (("small", f"the 10-field job ({small_products} results)"),
                         ("bulk", f"the busy bulk job itself (~{busy_products} results at the end)"),
-                        ("bulk-conditional", "the busy bulk job itself, sending If-None-Match")):
+                        ("bulk-deflate", "the busy bulk job itself, accepting deflate"),
+                        ("bulk-conditional", "the busy bulk job itself, accepting deflate and sending If-None-Match")):
         latencies = polled[name]["latencies_ms"]
         print(f"| GET /async/{{job}} p50 / p99, 100 pollers on {label}, during a bulk job | "
               f"{np.percentile(latencies, 50):.1f} / {np.percentile(latencies, 99):.1f} ms "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree as ET
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from cutout.index import ArchiveIndex
 from siasync.auth import ANONYMOUS
@@ -71,7 +71,8 @@ def jobs_xml(jobs: list[Job], base: str) -> bytes:
     """The UWS job list."""
     root = ET.Element(f"{{{UWS}}}jobs", {"version": "1.1"})
     for job in jobs:
-        ref = _el(root, "jobref", id=job.id, **{f"{{{XLINK}}}type": "simple", f"{{{XLINK}}}href": job_url(base, job.id)})
+        ref = _el(root, "jobref", id=job.id,
+                  **{f"{{{XLINK}}}type": "simple", f"{{{XLINK}}}href": job_url(base, job.id)})
         _el(ref, "phase", job.phase)
         if job.run_id is not None:
             _el(ref, "runId", job.run_id)
@@ -121,8 +122,9 @@ def _fill_parameters(container: ET.Element, job: Job, base: str) -> ET.Element:
     return container
 
 
-def job_xml(job: Job, results: str, base: str) -> bytes:
-    """The UWS job document; ``results`` are its `result_xml` elements, joined."""
+def job_xml_frame(job: Job, base: str) -> tuple[bytes, bytes, bytes]:
+    """The UWS job document around its parameters and its results: the text before the parameters, between
+    them and the results, and after the results (`parameters_items` and `result_xml` elements go in between)."""
     # xlink is used only by the results spliced in as text, so ElementTree would not declare it
     root = ET.Element(f"{{{UWS}}}job", {"version": "1.1", "xmlns:xlink": XLINK})
     _el(root, "jobId", job.id)
@@ -136,22 +138,30 @@ def job_xml(job: Job, results: str, base: str) -> bytes:
     _el(root, "endTime", iso(job.end_time), nil=job.end_time is None)
     _el(root, "executionDuration", str(job.execution_duration))
     _el(root, "destruction", iso(job.destruction))
-    _fill_parameters(_el(root, "parameters"), job, base)
-    _el(root, "results")  # filled in as text below
+    _el(root, "parameters")  # filled in as text
+    _el(root, "results")  # filled in as text
     if job.error_message:
         summary = _el(root, "errorSummary", type=job.error_type or "fatal", hasDetail="true")
         _el(summary, "message", job.error_message)
     info = _el(root, "jobInfo")
     for key, value in job_info(job).items():
         ET.SubElement(info, f"{{{SIASYNC}}}{key}").text = str(value)
-    listed = f"<uws:results>{results}</uws:results>".encode()
-    return _document(root).replace(b"<uws:results />", listed, 1)
+    before, _, rest = _document(root).partition(b"<uws:parameters />")
+    between, _, after = rest.partition(b"<uws:results />")
+    return before, between, after
 
 
-def results_xml(results: str) -> bytes:
-    """The UWS results list; ``results`` are its `result_xml` elements, joined."""
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:results xmlns:uws="{UWS}" xmlns:xlink="{XLINK}">'
-            f"{results}</uws:results>").encode()
+def parameters_items(job: Job, base: str) -> str:
+    """The job's ``uws:parameter`` elements as text (an upload by reference), for `job_xml_frame`."""
+    return "".join(
+        f'<uws:parameter id="upload" byReference="true">{escape(upload_url(base, job.id, value))}</uws:parameter>'
+        if name == "UPLOAD" else f"<uws:parameter id={quoteattr(name.lower())}>{escape(value)}</uws:parameter>"
+        for name, value in job.parameters)
+
+
+#: the start of the UWS results list document (`result_xml` elements and ``</uws:results>`` follow)
+RESULTS_HEAD = (f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:results xmlns:uws="{UWS}" '
+                f'xmlns:xlink="{XLINK}">')
 
 
 def parameters_xml(job: Job, base: str) -> bytes:
@@ -174,16 +184,22 @@ def job_info(job: Job) -> dict[str, Any]:
     return info
 
 
-def job_json(job: Job, results: list[dict[str, Any]], base: str) -> dict[str, Any]:
-    """The job as JSON (same content as the XML); ``results`` are its `result_json` items."""
+def parameters_json(job: Job, base: str) -> list[dict[str, Any]]:
+    """The job's parameters as JSON items (an upload by reference)."""
+    return [{"id": "upload", "value": upload_url(base, job.id, v), "byReference": True} if n == "UPLOAD"
+            else {"id": n.lower(), "value": v} for n, v in job.parameters]
+
+
+def job_json_frame(job: Job) -> dict[str, Any]:
+    """The job as JSON (same content as the XML) with its parameters and results lists left empty: they are
+    filled in from `parameters_json` and `result_json` items."""
     return {
         "jobId": job.id, "runId": job.run_id, "ownerId": owner_id(job), "phase": job.phase,
         "quote": iso(job.quote) or None, "creationTime": iso(job.creation_time),
         "startTime": iso(job.start_time) or None, "endTime": iso(job.end_time) or None,
         "executionDuration": job.execution_duration, "destruction": iso(job.destruction),
-        "parameters": [{"id": "upload", "value": upload_url(base, job.id, v), "byReference": True} if n == "UPLOAD"
-                       else {"id": n.lower(), "value": v} for n, v in job.parameters],
-        "results": results,
+        "parameters": [],
+        "results": [],
         "errorSummary": {"type": job.error_type, "message": job.error_message} if job.error_message else None,
         "jobInfo": job_info(job),
     }

@@ -70,7 +70,7 @@ async def _job_page(request: Request, service: JobService, settings: Settings, p
     kind = preferred(request)
     if kind in (JSON, XML):
         document = await (service.documents.json if kind == JSON else service.documents.xml)(job, base)
-        return conditional(request, document.body, document.etag, kind, vary="Accept")
+        return conditional(request, document, kind, vary="Accept")
     return await job_page(request, service, pages, job)
 
 
@@ -227,7 +227,7 @@ class AsyncJobs(Controller):
                       job_id: FromPath[str]) -> Response:
         job = await service.get(job_id, owner)
         document = await service.documents.results(job, base_url(request, settings.public_url))
-        return conditional(request, document.body, document.etag, XML)
+        return conditional(request, document, XML)
 
     @get(JOB + "/results/table", summary="The growing SIAP table of the products registered so far (HTML for "
          "browsers, with PAGE and FIELD)", operation_class=documented(*TABLE_VIEW, answers=(VOTABLE, HTML),

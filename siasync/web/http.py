@@ -8,6 +8,8 @@ from litestar import Request, Response
 from litestar.response import Redirect, Template
 
 from siasync.errors import UsageError
+from siasync.uws.deflate import accepts_deflate
+from siasync.uws.documents import Document
 from siasync.uws.params import JOB_PARAMETERS, RawParams, gather
 
 XML = "application/xml"
@@ -99,12 +101,17 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
 
 
-def conditional(request: Request, body: bytes, etag: str, media_type: str, vary: str | None = None) -> Response:
-    """``body`` with its ETag, or 304 Not Modified when the request's ``If-None-Match`` names it."""
-    headers = {"ETag": etag, **({"Vary": vary} if vary else {})}
+def conditional(request: Request, document: Document, media_type: str, vary: str = "") -> Response:
+    """A rendered job document with its ETag, or 304 Not Modified when the request's ``If-None-Match`` names
+    it; deflated (``Content-Encoding: deflate``, another ETag) for a client that accepts it."""
+    deflate = accepts_deflate(request.headers.get("accept-encoding"))
+    etag = document.deflated_etag if deflate else document.etag
+    headers = {"ETag": etag, "Vary": ", ".join(filter(None, (vary, "Accept-Encoding")))}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", status_code=304, headers=headers)
-    return Response(body, media_type=media_type, headers=headers)
+    if deflate:
+        return Response(document.deflated, media_type=media_type, headers={**headers, "Content-Encoding": "deflate"})
+    return Response(document.body, media_type=media_type, headers=headers)
 
 
 def represent(request: Request, xml: bytes, json: Any, template: str, context: dict[str, Any]) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from datetime import datetime
 
 import pytest
@@ -56,7 +57,7 @@ def test_job_documents_are_conditional_and_change_their_etag_with_the_job(client
     headers = {"Accept": accept}
     first = client.get(f"/async/{job_id}", headers=headers)
     etag = first.headers["etag"]
-    assert etag.startswith('"') and first.headers["vary"] == "Accept"
+    assert etag.startswith('"') and first.headers["vary"] == "Accept, Accept-Encoding"
     again = client.get(f"/async/{job_id}", headers={**headers, "If-None-Match": etag})
     assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
     # weak comparison, lists and * (RFC 9110)
@@ -70,6 +71,37 @@ def test_job_documents_are_conditional_and_change_their_etag_with_the_job(client
     # the XML and JSON forms are different documents with different tags
     other = "application/json" if accept == "application/xml" else "application/xml"
     assert client.get(f"/async/{job_id}", headers={"Accept": other}).headers["etag"] != changed.headers["etag"]
+
+
+def _raw(client, path: str, headers: dict) -> tuple[dict, bytes]:
+    """An answer's headers and its body as sent (not decoded)."""
+    with client.stream("GET", path, headers=headers) as response:
+        return dict(response.headers), b"".join(response.iter_raw())
+
+
+@pytest.mark.parametrize("path_accept", [("", "application/xml"), ("", "application/json"), ("/results", "")])
+def test_job_documents_are_deflated_for_clients_that_ask_and_the_same_once_inflated(client, path_accept) -> None:
+    path, accept = path_accept
+    job_id = create_job(client, {"POS": ["150.1,2.2", "150.2,2.3"], "SIZE": "0.01", "FORMAT": "ALL",
+                                 "PHASE": "RUN"})
+    wait_for(client, job_id, ("COMPLETED",))
+    url = f"/async/{job_id}{path}"
+    plain_headers, plain = _raw(client, url, {"Accept": accept, "Accept-Encoding": "identity"})
+    deflated_headers, deflated = _raw(client, url, {"Accept": accept, "Accept-Encoding": "gzip, deflate"})
+    assert "content-encoding" not in plain_headers and deflated_headers["content-encoding"] == "deflate"
+    assert zlib.decompress(deflated) == plain  # a zlib stream (RFC 1950) with the right Adler-32
+    assert len(deflated) < len(plain) and plain.count(b"/results/") > 10
+    assert deflated_headers["content-type"] == plain_headers["content-type"]
+    assert "Accept-Encoding" in deflated_headers["vary"] and "Accept-Encoding" in plain_headers["vary"]
+    # two representations, two strong tags, each answered 304 only for itself
+    assert deflated_headers["etag"] != plain_headers["etag"]
+    for encoding, tag, other in (("deflate", deflated_headers["etag"], plain_headers["etag"]),
+                                 ("identity", plain_headers["etag"], deflated_headers["etag"])):
+        headers = {"Accept": accept, "Accept-Encoding": encoding}
+        assert client.get(url, headers={**headers, "If-None-Match": tag}).status_code == 304
+        assert client.get(url, headers={**headers, "If-None-Match": other}).status_code == 200
+    # refusing deflate by quality is honoured
+    assert "content-encoding" not in _raw(client, url, {"Accept": accept, "Accept-Encoding": "deflate;q=0"})[0]
 
 
 def test_results_and_table_are_conditional(client) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from astropy.io import fits
+from lxml import etree
 from pyvo.io.uws import parse_job, parse_job_list
 
 from tests.siasync.helpers import assert_valid, create_job, in_app, phase, service, uws_schema, wait_for
@@ -115,3 +116,43 @@ def test_json_representation(client) -> None:
     assert {"id": "pos", "value": "150.1,2.2"} in body["parameters"]
     listing = client.get("/async", headers={"Accept": "application/json"}).json()
     assert listing[0]["jobId"] == job_id
+
+
+def test_every_version_of_a_growing_job_lists_exactly_its_results_in_any_order_of_reading(client) -> None:
+    """One shared listing serves each version its own results, whether read as the job grows, at once after
+    it, or for an older version after a newer one (a reader that held a job while another extended the piece)."""
+    import dataclasses
+    import json
+    import random
+    import zlib
+
+    from siasync.uws.documents import JobDocuments
+
+    job_id = create_job(client, {"POS": [f"150.{i},2.{i}" for i in range(1, 7)], "SIZE": "0.01", "FORMAT": "ALL",
+                                 "PHASE": "RUN"})
+    wait_for(client, job_id, ("COMPLETED",))
+    store = service(client).store
+    job = in_app(client, store.get, job_id)
+    results = in_app(client, store.results, job_id, limit=None)
+    seqs = [r.seq for r in results]
+    assert len(seqs) > 6 and seqs == sorted(seqs)
+    versions = [dataclasses.replace(job, version=-seq, last_seq=seq) for seq in [0, *seqs]]
+
+    def listed(document, kind: str) -> list[str]:
+        assert zlib.decompress(document.deflated) == document.body
+        if kind == "json":
+            return [r["id"] for r in json.loads(document.body)["results"]]
+        root = assert_valid(SCHEMA, document.body) if kind == "xml" else etree.fromstring(document.body)
+        return [r.get("id") for r in root.iter("{%s}result" % NS["uws"])]
+
+    def expected(version) -> list[str]:
+        return ["table", *(r.result_id for r in results if r.seq <= version.last_seq)]
+
+    base = "http://testserver.local"
+    orders = {"growing": versions, "newest first": versions[::-1],
+              "shuffled": random.Random(7).sample(versions, len(versions))}
+    for order in orders.values():
+        documents = JobDocuments(store)
+        for version in order:
+            for kind, render in (("xml", documents.xml), ("json", documents.json), ("results", documents.results)):
+                assert listed(in_app(client, render, version, base), kind) == expected(version), (kind, version)
