@@ -379,8 +379,9 @@ class JobService:
 
     async def finish(self, job_id: str, phase: str, error: tuple[str, str] | None = None,
                      from_phases: tuple[str, ...] = ("EXECUTING",)) -> bool:
-        """EXECUTING (or ``from_phases``) to COMPLETED or ERROR (``error`` is (type, message))."""
-        changes = {"end_time": datetime.now(UTC)}
+        """EXECUTING (or ``from_phases``) to COMPLETED or ERROR (``error`` is (type, message)); the job is let go
+        by its runner in the same write, so that its document does not change once more after its end."""
+        changes = {"end_time": datetime.now(UTC), "runner": None}
         if error is not None:
             changes.update(error_type=error[0], error_message=error[1])
         return await self._transition(job_id, from_phases, phase, **changes)
