@@ -242,10 +242,7 @@ def load_remotes(archive: str | Path, local_collections: frozenset[str] = frozen
     RemoteConfigError
         When the file is not valid TOML, a key is wrong, or a name is one of ``local_collections``.
     """
-    path = Path(archive)
-    if path.is_file():  # the index file itself
-        path = path.parent
-    path = path / REMOTES_FILE
+    path = Path(archive) / REMOTES_FILE
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -71,9 +72,18 @@ def _sia2_rows(spec: RemoteSpec, ra: float, dec: float, radius: float) -> Iterab
         return [_TableRow(row) for row in table]
     from pyvo.dal import SIA2Service
 
-    service = SIA2Service(spec.url, session=TimeoutSession(spec.timeout_s))
+    service = SIA2Service(_sia2_endpoint(spec.url, spec.timeout_s), session=TimeoutSession(spec.timeout_s),
+                          check_baseurl=False)
     return list(service.search(pos=(ra, dec, radius), collection=collections, maxrec=spec.maxrec,
                                **dict(spec.params)))
+
+
+@lru_cache(maxsize=64)
+def _sia2_endpoint(url: str, timeout: float) -> str:
+    """A SIA 2.0 service's query endpoint, from its capabilities (read once per service, not per query)."""
+    from pyvo.dal import SIA2Service
+
+    return SIA2Service(url, session=TimeoutSession(timeout)).query_ep
 
 
 def _irsa(session: TimeoutSession) -> Any:
