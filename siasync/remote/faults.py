@@ -83,6 +83,8 @@ def classify(exc: BaseException) -> tuple[bool, str]:
 
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    # pyvo's VOSI errors go on with a list of what it could mean: the first sentence says what happened
+    text = text.split(" This could mean:", 1)[0]
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -113,14 +115,21 @@ def retrying(spec: RemoteSpec, what: str, call: Callable[[], T], sleep: Callable
 
 
 class TimeoutSession(requests.Session):
-    """A requests session (as pyvo and astroquery use) whose every request has a timeout, unless given one."""
+    """A requests session (as pyvo and astroquery use) whose every request has a timeout, unless given one, and
+    whose every HTTP error answer raises `requests.HTTPError`: pyvo reads some documents (DataLink's) without
+    looking at the status, and would report a 502 page as a malformed VOTable."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
         self.timeout = timeout
         self.headers["User-Agent"] = f"siasync/{__version__} " + self.headers.get("User-Agent", "")
+        self.hooks["response"].append(_raise_for_status)
 
     def request(self, method: str, url: str, *args: object, **kwargs: object) -> requests.Response:  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
         return super().request(method, url, *args, **kwargs)
+
+
+def _raise_for_status(response: requests.Response, *args: object, **kwargs: object) -> None:
+    response.raise_for_status()
