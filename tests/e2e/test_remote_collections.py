@@ -409,3 +409,18 @@ def test_a_mixed_job_killed_mid_way_resumes_with_each_product_once(remote: Remot
     assert sorted(table["result_id"]) == sorted(ids)  # one row each, none twice
     directory = remote.server.state_dir / "results" / url.rsplit("/", 1)[1]
     assert sorted(p.name for p in directory.iterdir()) == sorted(ids)  # no temporary, no orphan
+
+
+def test_a_mosaic_coadds_remote_inputs_with_the_archives(remote: Remote) -> None:
+    """The remote's DEMO-WIDE holds the archive's own images: co-added with them (mean), each pixel is the same
+    mean as the archive's images alone give, from twice the inputs."""
+    query = {"POS": "150.12,2.21", "SIZE": str(SIZE), "MODE": "mosaic", "BAND": "r", "PHASE": "RUN"}
+    mixed = submit(remote.server, **query, COLLECTION=["DEMO-WIDE", "R-SIA2"])
+    alone = submit(remote.server, **query, COLLECTION="DEMO-WIDE")
+    assert wait_final(mixed, 120).phase == wait_final(alone, 120).phase == "COMPLETED"
+    assert product_ids(job_document(mixed)) == product_ids(job_document(alone)) == ["00000.mosaic-r.fits"]
+    with open_product(f"{mixed}/results/00000.mosaic-r.fits") as got, \
+            open_product(f"{alone}/results/00000.mosaic-r.fits") as want:
+        assert got[0].header["NCOMBINE"] == 2 * want[0].header["NCOMBINE"] >= 2
+        np.testing.assert_allclose(got[0].data, want[0].data, rtol=1e-5, equal_nan=True)
+    assert list(table_rows(mixed)["collection"]) == ["DEMO-WIDE,R-SIA2"]  # the row names both
