@@ -1,5 +1,8 @@
 """The tests' remote archives, on loopback: the real servers cannot be reached from the test machines.
 
+Run alone (``python -m tests.e2e.loopback_remote --upstream URL --archive DIR --port N``), it serves
+until interrupted, without faults: the README's example of remote collections uses it so.
+
 `Loopback` is one HTTP server (uvicorn, in a thread of the test process) that plays two parts:
 
 * **a proxy** to a second siasync process serving the demo archive, which is the remote
@@ -128,10 +131,10 @@ def _fits_bytes(hdu: fits.PrimaryHDU) -> bytes:
 class Loopback:
     """The proxy and the hips2fits stand-in, served in a thread on a free loopback port."""
 
-    def __init__(self, upstream: str, archive: Path) -> None:
+    def __init__(self, upstream: str, archive: Path, port: int | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.standin = Hips2FitsStandIn(archive)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._faults: dict[str, Fault] = {}
         self._counts: Counter = Counter()
@@ -253,3 +256,26 @@ async def _respond(send: object, status: int, mime: str, body: bytes, truncate: 
         await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
         raise ConnectionAbortedError("injected fault: the body is cut short")
     await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    """Serve the loopback (proxy and hips2fits stand-in) until interrupted."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--upstream", required=True, help="the siasync server playing the remote archive")
+    parser.add_argument("--archive", type=Path, required=True, help="its archive (for the hips2fits stand-in)")
+    parser.add_argument("--port", type=int, default=8002)
+    args = parser.parse_args()
+    loop = Loopback(args.upstream, args.archive, args.port).start()
+    print(f"loopback remote at {loop.url}: proxy to {loop.upstream}, hips2fits stand-in at {loop.url}/hips2fits",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        loop.stop()
+
+
+if __name__ == "__main__":
+    main()

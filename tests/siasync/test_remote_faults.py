@@ -12,7 +12,7 @@ import requests
 from cutout.sky import Field, Intersect
 from siasync.remote.config import parse_remotes
 from siasync.remote.faults import RemoteError, TimeoutSession, classify, retrying
-from siasync.remote.images import circle_polygon, make_id, matching, region_footprint, tile_of, tile_image
+from siasync.remote.images import circle_polygon, make_id, matching, region_footprint, tile_image, tile_of
 
 SPEC = parse_remotes({"R": {"protocol": "sia2", "url": "http://127.0.0.1:9/sia2", "retries": 2, "backoff_s": 1.0}})["R"]
 
