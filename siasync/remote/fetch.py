@@ -29,8 +29,10 @@ from siasync.remote.config import RemoteSpec
 from siasync.remote.faults import RemoteError, TimeoutSession, retrying
 from siasync.remote.images import RemoteImage, tile
 
-#: records of fetched images, per worker process (reading a file's WCS costs a few ms)
-_RECORDS: OrderedDict[tuple[str, int], ImageRecord] = OrderedDict()
+#: records of fetched images, per worker process (reading a file's WCS costs a few ms), by path and inode: a
+#: cached file is never rewritten in place (a new download is a new file renamed over it), and a hit renews its
+#: modification time, so that is no key
+_RECORDS: OrderedDict[tuple[str, int, int], ImageRecord] = OrderedDict()
 _RECORDS_KEPT = 256
 _CHUNK = 1 << 20
 
@@ -74,9 +76,10 @@ def record_of(image: RemoteImage, path: Path) -> ImageRecord:
     """The index record of a fetched image's first celestial image HDU, named and described as the remote
     collection's image."""
     stat = path.stat()
-    cached = _RECORDS.get((str(path), stat.st_mtime_ns))
-    if cached is not None:
-        _RECORDS.move_to_end((str(path), stat.st_mtime_ns))
+    key = (str(path), stat.st_ino, stat.st_size)
+    cached = _RECORDS.get(key)
+    if cached is not None and cached.id == image.id:
+        _RECORDS.move_to_end(key)
         return cached
     try:
         records = read_file(path.parent, path.name, stat.st_size, stat.st_mtime_ns)
@@ -93,7 +96,7 @@ def record_of(image: RemoteImage, path: Path) -> ImageRecord:
         mjd=first.mjd if first.mjd is not None else image.mjd, em_min=em[0] if em else first.em_min,
         em_max=em[1] if em else first.em_max, instrument=first.instrument or image.instrument,
         facility=first.facility or image.facility, target=first.target or image.target)
-    _RECORDS[(str(path), stat.st_mtime_ns)] = record
+    _RECORDS[key] = record
     while len(_RECORDS) > _RECORDS_KEPT:
         _RECORDS.popitem(last=False)
     return record
