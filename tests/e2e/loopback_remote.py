@@ -244,9 +244,12 @@ class Loopback:
                 response = await client.request(scope["method"], url, headers=headers, content=body)
         except httpx.TransportError as exc:
             return 502, "text/plain", f"the loopback could not reach the remote archive: {exc!r}\n".encode()
-        # links in the remote's answers name the remote itself: clients keep coming through here
-        content = response.content.replace(self.upstream.encode(), self.url.encode())
-        return response.status_code, response.headers.get("content-type", "application/octet-stream"), content
+        mime = response.headers.get("content-type", "application/octet-stream")
+        content = response.content
+        if "xml" in mime or mime.startswith(("text/", "application/json")):
+            # links in the remote's documents name the remote itself: clients keep coming through here
+            content = content.replace(self.upstream.encode(), self.url.encode())
+        return response.status_code, mime, content
 
 
 async def _respond(send: object, status: int, mime: str, body: bytes, truncate: bool = False) -> None:
