@@ -30,12 +30,13 @@ import httpx
 import numpy as np
 from astropy_healpix import HEALPix
 
+from cutout.scan import ImageRecord
 from cutout.sky import Field, Intersect, unit_vectors
 from siasync import __version__
 from siasync.remote.cache import DownloadCache
 from siasync.remote.config import RemoteSpec
-from siasync.remote.faults import RemoteError, classify, retrying
-from siasync.remote.fetch import RemoteSource
+from siasync.remote.faults import Breaker, RemoteError, classify
+from siasync.remote.fetch import RemoteSource, resolve
 from siasync.remote.images import RemoteImage, digest, matching, tile_of, tiles_for, tiles_in
 from siasync.remote.query import query
 
@@ -110,8 +111,10 @@ class RemoteCatalog:
     def __init__(self, specs: dict[str, RemoteSpec], cache_root: str | Path, cache_bytes: int) -> None:
         self.specs = dict(specs)
         self.cache = DownloadCache(cache_root, cache_bytes)
-        self._answers: OrderedDict[str, list[RemoteImage]] = OrderedDict()
+        #: answers by key, with the time they were asked (monotonic)
+        self._answers: OrderedDict[str, tuple[float, list[RemoteImage]]] = OrderedDict()
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._breaker = Breaker()
         self._probes: dict[str, tuple[float, str | None]] = {}
 
     def __bool__(self) -> bool:
@@ -187,24 +190,38 @@ class RemoteCatalog:
         """
         key = digest(spec.protocol, spec.client, spec.url, spec.remote_collections, spec.params, spec.band,
                      spec.maxrec, repr(ra), repr(dec), repr(radius))
-        found = self._answers.get(key)
-        if found is not None:
+        kept = self._answers.get(key)
+        if kept is not None and time.monotonic() - kept[0] < QUERY_TTL_S:
             self._answers.move_to_end(key)
-            return found
+            return kept[1]
         stored = await asyncio.to_thread(self.cache.read_json, "queries", f"{spec.name}/{key}", QUERY_TTL_S)
         if stored is not None:
             found = [RemoteImage.from_json(item) for item in stored]
         else:
-            slots = self._slots.setdefault(spec.name, asyncio.Semaphore(spec.concurrency))
-            async with slots:
-                found = await asyncio.to_thread(retrying, spec, f"query of the circle {ra:.6f} {dec:.6f} "
-                                                f"{radius:.6f}", lambda: query(spec, ra, dec, radius))
+            async with self._slot(spec):
+                found = await asyncio.to_thread(self._breaker.call, spec, f"query of the circle {ra:.6f} "
+                                                f"{dec:.6f} {radius:.6f}", lambda: query(spec, ra, dec, radius))
             await asyncio.to_thread(self.cache.write_json, "queries", f"{spec.name}/{key}",
                                     [image.to_json() for image in found])
-        self._answers[key] = found
+        self._answers[key] = (time.monotonic(), found)
         while len(self._answers) > ANSWERS_KEPT:
             self._answers.popitem(last=False)
         return found
+
+    def _slot(self, spec: RemoteSpec) -> asyncio.Semaphore:
+        """The remote's requests from this server's own threads at once (its ``concurrency``)."""
+        return self._slots.setdefault(spec.name, asyncio.Semaphore(spec.concurrency))
+
+    async def fetch(self, image: RemoteImage) -> tuple[ImageRecord, Path, bool]:
+        """`siasync.remote.fetch.resolve` in a thread, within the remote's concurrency (synchronous answers).
+
+        Raises
+        ------
+        RemoteError
+            When it could not be fetched, after the retries.
+        """
+        async with self._slot(self.specs[image.remote]):
+            return await asyncio.to_thread(resolve, image, self.source(image.remote))
 
     async def remember(self, images: Iterable[RemoteImage]) -> None:
         """Keep images by id, on disk (for a week after their last mention): a synchronous query's rows name

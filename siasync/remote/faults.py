@@ -6,10 +6,14 @@ after `RemoteSpec.backoff_s`, then twice as long, up to `RemoteSpec.retries` tim
 a query the service itself reports as an error is not (asking again would not help). What
 still fails raises `RemoteError`, whose message names the remote and the reason; the
 callers turn it into a warning of the job (or an INFO of a query answer), never an error.
+A remote that has just failed so is asked once per request, without retries, for a while
+(`Breaker`): a dead remote costs a big job one attempt per query or image, not minutes of
+backoff each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -23,6 +27,8 @@ from siasync.remote.config import RemoteSpec
 
 T = TypeVar("T")
 _RETRY_STATUS = {408, 425, 429}
+#: seconds after a remote's last failure during which each request to it is tried once, without retries
+SHAKEN_S = 60.0
 
 
 class RemoteError(Exception):
@@ -112,6 +118,35 @@ def retrying(spec: RemoteSpec, what: str, call: Callable[[], T], sleep: Callable
                 raise RemoteError(f"remote {spec.name}: {what}: {reason}{tries}", retry) from exc
             sleep(backoff(spec, attempt))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Breaker:
+    """Remotes that failed lately (after their retries): for `SHAKEN_S` seconds after such a failure, each
+    request to that remote is tried once, so that a dead remote costs a job one attempt per query or image,
+    not every attempt and backoff. A success, or the time passing, restores the retries; a refusal (a
+    fault that asking again would not cure, such as a 404) does not count."""
+
+    def __init__(self) -> None:
+        self._failed: dict[str, float] = {}
+
+    def spec(self, spec: RemoteSpec) -> RemoteSpec:
+        """``spec``, without its retries while its remote is shaken."""
+        at = self._failed.get(spec.name)
+        if at is not None and time.monotonic() - at < SHAKEN_S and spec.retries:
+            return dataclasses.replace(spec, retries=0)
+        return spec
+
+    def call(self, spec: RemoteSpec, what: str, call: Callable[[], T],
+             sleep: Callable[[float], None] = time.sleep) -> T:
+        """`retrying` with the retries this remote deserves now; its outcome is remembered."""
+        try:
+            result = retrying(self.spec(spec), what, call, sleep)
+        except RemoteError as exc:
+            if exc.retryable:
+                self._failed[spec.name] = time.monotonic()
+            raise
+        self._failed.pop(spec.name, None)
+        return result
 
 
 class TimeoutSession(requests.Session):

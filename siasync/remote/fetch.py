@@ -26,7 +26,7 @@ from cutout.scan import ImageRecord, bandpass, read_file
 from siasync import __version__
 from siasync.remote.cache import DownloadCache
 from siasync.remote.config import RemoteSpec
-from siasync.remote.faults import RemoteError, TimeoutSession, retrying
+from siasync.remote.faults import Breaker, RemoteError, TimeoutSession
 from siasync.remote.images import RemoteImage, tile
 
 #: records of fetched images, per worker process (reading a file's WCS costs a few ms), by path and inode: a
@@ -34,6 +34,8 @@ from siasync.remote.images import RemoteImage, tile
 #: modification time, so that is no key
 _RECORDS: OrderedDict[tuple[str, int, int], ImageRecord] = OrderedDict()
 _RECORDS_KEPT = 256
+#: the remotes that failed lately, for the downloads of this process
+_BREAKER = Breaker()
 _CHUNK = 1 << 20
 
 
@@ -62,7 +64,7 @@ def resolve(image: RemoteImage, source: RemoteSource) -> tuple[ImageRecord, Path
     spec = source.spec
 
     def fetch(path: Path) -> None:
-        retrying(spec, f"image {image.id} ({image.title})", lambda: fetch_into(image, spec, path))
+        _BREAKER.call(spec, f"image {image.id} ({image.title})", lambda: fetch_into(image, spec, path))
 
     path, hit = source.cache().get(image.key, fetch)
     try:

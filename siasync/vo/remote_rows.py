@@ -33,7 +33,6 @@ from cutout.sky import Field, Intersect, footprint_circle
 from siasync.remote.catalog import RemoteCatalog
 from siasync.remote.config import RemoteSpec
 from siasync.remote.faults import RemoteError
-from siasync.remote.fetch import resolve
 from siasync.remote.images import RemoteImage, hips_url
 from siasync.vo.obscore import CALIB_LEVEL, COLUMNS, DATALINK_MIME
 from siasync.vo.sia2 import INTERVALS, STRINGS
@@ -87,7 +86,7 @@ async def sia_rows(remotes: RemoteCatalog, specs: Sequence[RemoteSpec], field_: 
             break
         try:
             async with slots:
-                record, _, _ = await asyncio.to_thread(resolve, image, remotes.source(spec.name))
+                record, _, _ = await remotes.fetch(image)
             geometry = Geometry(record.wcs(), record.shape, record.path)
             box = geometry.box(field_)
         except NoOverlapError:

@@ -48,7 +48,6 @@ from cutout.sky import Field, Intersect
 from siasync.errors import NotFound, ServiceError, UsageError
 from siasync.remote.catalog import RemoteCatalog
 from siasync.remote.faults import RemoteError
-from siasync.remote.fetch import resolve
 from siasync.remote.images import RemoteImage
 from siasync.staging.worker import (
     EXTENSIONS,
@@ -625,7 +624,7 @@ class SiaService:
             raise NotFound(f"ID: no image {request.image_id!r} in this archive")
         async with self._slots:
             try:
-                record, path, _ = await asyncio.to_thread(resolve, image, self.remotes.source(image.remote))
+                record, path, _ = await self.remotes.fetch(image)
             except RemoteError as exc:
                 raise ArchiveUnavailable(str(exc)) from None
             data = await asyncio.to_thread(make_cutout, path, record, request.field, request.mime)

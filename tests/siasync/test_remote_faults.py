@@ -11,7 +11,7 @@ import requests
 
 from cutout.sky import Field, Intersect
 from siasync.remote.config import parse_remotes
-from siasync.remote.faults import RemoteError, TimeoutSession, classify, retrying
+from siasync.remote.faults import Breaker, RemoteError, TimeoutSession, classify, retrying
 from siasync.remote.images import circle_polygon, make_id, matching, region_footprint, tile_image, tile_of
 
 SPEC = parse_remotes({"R": {"protocol": "sia2", "url": "http://127.0.0.1:9/sia2", "retries": 2, "backoff_s": 1.0}})["R"]
@@ -111,3 +111,25 @@ def test_a_hips_tile_is_found_again_from_its_id() -> None:
     assert tile_of(spec, image.id) == image
     assert tile_of(spec, image.id.replace("436110", "436111")) is None  # the digest no longer agrees
     assert tile_of(spec, "h_o30c1-0123456789") is None
+
+
+def test_a_remote_that_failed_is_tried_once_per_request_until_it_answers_again() -> None:
+    breaker, calls = Breaker(), []
+
+    def down() -> None:
+        calls.append(1)
+        raise _status(503)
+
+    with pytest.raises(RemoteError, match=r"after 3 attempts"):
+        breaker.call(SPEC, "query", down, sleep=lambda s: None)
+    assert len(calls) == 3
+    with pytest.raises(RemoteError) as caught:  # shaken: one attempt, no backoff
+        breaker.call(SPEC, "query", down, sleep=lambda s: pytest.fail("no wait"))
+    assert len(calls) == 4 and "attempts" not in str(caught.value)
+    assert breaker.call(SPEC, "query", lambda: "back") == "back"  # an answer restores the retries
+    with pytest.raises(RemoteError, match=r"after 3 attempts"):
+        breaker.call(SPEC, "query", down, sleep=lambda s: None)
+    other = Breaker()
+    with pytest.raises(RemoteError):
+        other.call(SPEC, "image", lambda: (_ for _ in ()).throw(_status(404)), sleep=lambda s: None)
+    assert other.spec(SPEC) is SPEC  # a refusal is the request's fault, not the remote's
