@@ -202,8 +202,8 @@ def test_remote_collections_are_declared_on_every_face(remote: Remote) -> None:
         assert f"<td>{name}" in page
     notes = httpx.get(remote.server.url + "/availability", timeout=60).text
     assert "<vosi:available>true</vosi:available>" in notes  # a remote that is down is not our fault
-    for name in REMOTES:
-        assert f"remote collection {name} (" in notes and f"{remote.loop.url}" in notes
+    lines = {name: [line for line in notes.splitlines() if f"remote collection {name} (" in line] for name in REMOTES}
+    assert all(len(found) == 1 and f" at {remote.loop.url}/" in found[0] for found in lines.values()), lines
     for line in notes.splitlines():  # R-SLOW's 1 s timeout is for its test: a loaded machine may miss it here
         if "remote collection " in line and "R-SLOW" not in line:
             assert ("does not answer" in line) == ("R-GONE" in line), line
