@@ -69,6 +69,7 @@ bench: $(VENV)/.installed-bench demo postgres
 	$(BIN)/python bench/load_bench.py --archive $(DEMO)
 	$(BIN)/python bench/archive_bench.py --archive $(DEMO)
 	$(BIN)/python bench/load_bench.py --archive $(DEMO) --replicas 1,2,4
+	$(BIN)/python bench/remote_bench.py --archive $(DEMO)
 
 # Several servers on one machine: two replicas on a PostgreSQL of their own, a Dask scheduler and two workers,
 # and a round-robin proxy at http://127.0.0.1:8000/ (deploy/local.py; Ctrl-C stops everything)

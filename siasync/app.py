@@ -24,6 +24,8 @@ from cutout.index import ArchiveIndex
 from siasync import __version__
 from siasync.auth import Authenticator
 from siasync.errors import ServiceError, Unavailable, UsageError
+from siasync.remote.catalog import RemoteCatalog
+from siasync.remote.config import load_remotes
 from siasync.settings import Settings
 from siasync.staging.pool import cancel_all, make_pool
 from siasync.staging.scheduler import Scheduler
@@ -35,8 +37,8 @@ from siasync.vo.archive import ArchiveFiles
 from siasync.vo.obscore import Datasets, ObsCoreTable
 from siasync.vo.routes import Archive, DataLinks, Sia2, SodaSync, SyncSia, Vosi
 from siasync.vo.service import VoService
-from siasync.vo.soda import parse_async
 from siasync.vo.sia import SiaService
+from siasync.vo.soda import parse_async
 from siasync.web.head import HeadAsGet
 from siasync.web.html_errors import error_page, wants_page
 from siasync.web.http import TEXT
@@ -56,9 +58,10 @@ _HTTP_NAMES = {400: "UsageError", 401: "AuthenticationError", 403: "PermissionDe
                405: "MethodNotAllowed", 413: "UsageError", 415: "UsageError"}
 
 
-def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
-    """What job parameters may ask for, from the settings and the archive."""
-    return Limits(collections=frozenset(index.collections), bands=frozenset(index.bands),
+def limits_for(settings: Settings, index: ArchiveIndex, remotes: RemoteCatalog | None = None) -> Limits:
+    """What job parameters may ask for, from the settings, the archive and its remote collections."""
+    return Limits(collections=frozenset(index.collections) | frozenset(remotes.names if remotes else ()),
+                  bands=frozenset(index.bands) | frozenset(remotes.bands if remotes else ()),
                   max_fields=settings.max_fields, max_size_deg=settings.max_size_deg,
                   destruction_default_s=settings.destruction_default_s, destruction_max_s=settings.destruction_max_s,
                   execution_default_s=settings.execution_default_s, execution_max_s=settings.execution_max_s,
@@ -94,12 +97,14 @@ def create_app(settings: Settings) -> Litestar:
         if settings.sqlite:  # one server per SQLite store: a second one stops here, having touched nothing
             guard.acquire()
         index = await asyncio.to_thread(ArchiveIndex.load, settings.archive)
+        remotes = RemoteCatalog(load_remotes(settings.archive, frozenset(index.collections)),
+                                settings.download_cache, settings.remote_cache_bytes)
         pool = make_pool(settings.executor, settings.workers)
         runners_id = Runners.new_id()
         store = await JobStore.open(settings.database, origin=runners_id)
         runners = Runners(store, settings.executor, settings.lease_s, runners_id)
         files = ResultFiles(settings.state_dir / "results")
-        service = JobService(store, files, limits_for(settings, index), settings.wait_max_s, index)
+        service = JobService(store, files, limits_for(settings, index, remotes), settings.wait_max_s, index)
         store.subscribe(service.changed)
         listener = None
         if store.postgres:
@@ -110,17 +115,17 @@ def create_app(settings: Settings) -> Litestar:
         else:  # servers sharing the state directory remove each other's leftovers only at their own risk
             await asyncio.to_thread(files.purge_deleted)
         executor = Scheduler(service, index, pool, max_jobs=settings.running_jobs, runners=runners,
-                             policy=settings.scheduling)
+                             policy=settings.scheduling, remotes=remotes)
         service.executor = executor
         datasets = Datasets(index, settings.ivo_authority)
         service.soda = partial(parse_async, datasets=datasets, limits=service.limits)
         await executor.start()
         reaper = asyncio.create_task(_reaper(service, runners, settings.reaper_interval_s), name="reaper")
         slots = asyncio.Semaphore(settings.sync_cutouts)  # synchronous reads of the archive, all services together
-        sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records, slots)
+        sync = SiaService(index, service.limits, settings.sync_cutouts, settings.sia_max_records, slots, remotes)
         obscore = await asyncio.to_thread(ObsCoreTable, datasets)
         vo = VoService(obscore, service.limits, settings.sia_max_records,
-                       ArchiveFiles(index, settings.state_dir / "previews", slots), slots)
+                       ArchiveFiles(index, settings.state_dir / "previews", slots), slots, remotes)
         picture = await asyncio.to_thread(ArchivePicture, index)
 
         async def health() -> tuple[list[str], list[str]]:
@@ -140,9 +145,10 @@ def create_app(settings: Settings) -> Litestar:
             share = f"executor {settings.executor}: {workers} worker process{'es' * (workers != 1)} for this server"
             if pool.sharing > 1:
                 share += f", one of {pool.sharing} servers sharing it"
-            return problems, [share]
+            return problems, [share, *await remote_notes(remotes)]
 
-        app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync, vo=vo,
+        app.state.update(index=index, remotes=remotes, service=service, authenticator=Authenticator(settings),
+                         sia=sync, vo=vo,
                          up_since=datetime.now(UTC), health=health, settings=settings, picture=picture,
                          job_page=JobPage(JobBrowser(store.engine), index))
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
@@ -181,6 +187,9 @@ def create_app(settings: Settings) -> Litestar:
     def job_page(state: State) -> JobPage:
         return state.job_page
 
+    def remote_catalog(state: State) -> RemoteCatalog:
+        return state.remotes
+
     def picture(state: State) -> ArchivePicture:
         return state.picture
 
@@ -197,6 +206,7 @@ def create_app(settings: Settings) -> Litestar:
             "owner": Provide(owner, sync_to_thread=False),
             "pages": Provide(job_page, sync_to_thread=False),
             "picture": Provide(picture, sync_to_thread=False),
+            "remotes": Provide(remote_catalog, sync_to_thread=False),
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
                             ValueTooLong: _too_long, StoreUnavailable: _unreachable, ConnectionError: _unreachable,
@@ -211,6 +221,16 @@ def create_app(settings: Settings) -> Litestar:
     )
     app.asgi_handler = HeadAsGet(app.asgi_handler)  # HEAD on every GET resource, with GET's headers
     return app
+
+
+async def remote_notes(remotes: RemoteCatalog) -> list[str]:
+    """A line per remote collection for /availability: whether its service answers now (remote faults are not
+    the service's: they never make it unavailable)."""
+    specs = [remotes.specs[name] for name in remotes.names]
+    problems = await asyncio.gather(*(remotes.probe(spec) for spec in specs))
+    return [f"remote collection {spec.name} ({spec.describe()}): "
+            + ("answers" if problem is None else f"does not answer: {problem}")
+            for spec, problem in zip(specs, problems, strict=True)]
 
 
 def _template_filters(engine: JinjaTemplateEngine) -> None:

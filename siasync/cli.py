@@ -146,6 +146,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"siasync: no archive index in {settings.archive}; run `siasync archive index {settings.archive}`",
               file=sys.stderr)
         return 2
+    from siasync.remote.config import RemoteConfigError, load_remotes
+
+    try:  # a mistake in the remote collections' file stops the server before it starts, naming the key
+        load_remotes(settings.archive)
+    except RemoteConfigError as exc:
+        print(f"siasync: {exc}", file=sys.stderr)
+        return 2
     if settings.executor == "local":
         _start_forkserver()
     else:

@@ -80,6 +80,10 @@ class Settings:
     #: the IVOA naming authority of the archive's datasets: their publisher DIDs (SIA 2.0, DataLink,
     #: SODA) are ``ivo://AUTHORITY/images?IMAGE_ID``; set it to the authority your registry knows you by
     ivo_authority: str = "siasync.local"
+    #: the download cache of remote collections' images (default ``STATE_DIR/remote-cache``; servers sharing a
+    #: state directory share it), and the most bytes its images may take
+    remote_cache: Path | None = None
+    remote_cache_bytes: int = 10 * 1024**3
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -88,7 +92,8 @@ class Settings:
             raise ValueError("auth 'token' needs a tokens_file")
         for name in ("port", "workers", "running_jobs", "owner_active_jobs", "owner_queued_fields", "max_fields",
                      "max_output_pixels", "max_body_bytes", "destruction_default_s", "destruction_max_s",
-                     "execution_default_s", "execution_max_s", "wait_max_s", "sync_cutouts", "sia_max_records"):
+                     "execution_default_s", "execution_max_s", "wait_max_s", "sync_cutouts", "sia_max_records",
+                     "remote_cache_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.scheduling not in ("fair", "fifo"):
@@ -130,6 +135,11 @@ class Settings:
     def database(self) -> str:
         """The job store URL."""
         return self.database_url or f"sqlite+aiosqlite:///{(self.state_dir / 'siasync.db').resolve()}"
+
+    @property
+    def download_cache(self) -> Path:
+        """The directory of the remote collections' download cache."""
+        return self.remote_cache or self.state_dir / "remote-cache"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

@@ -77,10 +77,15 @@ class _LocalSubmission:
 
 
 class LocalPool:
-    """A process pool of ``workers`` processes on this machine."""
+    """A process pool of ``workers`` processes on this machine.
 
-    def __init__(self, workers: int) -> None:
+    With ``terminate``, closing it ends the workers at once instead of letting their batches finish (a remote
+    collection's pool: a download may take minutes, and an interrupted one leaves only a temporary file).
+    """
+
+    def __init__(self, workers: int, terminate: bool = False) -> None:
         self.workers = workers
+        self._terminate = terminate
         self.sharing = 1  # the workers are this server's own
         self.problem: str | None = None
         self._context = multiprocessing.get_context("forkserver")
@@ -116,6 +121,12 @@ class LocalPool:
 
     async def close(self) -> None:
         """Stop the workers, dropping queued batches."""
+        if self._terminate:
+            processes = list((getattr(self._executor, "_processes", None) or {}).values())
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            return
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
 
 

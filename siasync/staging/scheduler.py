@@ -34,6 +34,14 @@ scheduler running it as a notification; registration itself checks the phase, so
 nothing is registered once a job has left EXECUTING. A scheduler whose executor is
 down claims nothing, and a job whose batches were lost with the executor waits for it
 to come back, then sends them again.
+
+**Remote collections.** A job that names remote collections also gets a
+`siasync.staging.remote_plan.RemotePlan`, which finds their images in the background and
+plans their pairs (or, with MODE=mosaic or stack, every product of the job). Their
+batches run in each collection's own pool, a *lane* of its ``concurrency`` processes, so a
+slow remote never takes a worker from the archive's own pairs, and they are registered
+exactly like the others. A job that stops does not wait for its remote batches still
+running: their files are deleted when they return.
 """
 
 from __future__ import annotations
@@ -50,8 +58,10 @@ from datetime import UTC, datetime, timedelta
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
+from siasync.remote.catalog import RemoteCatalog
 from siasync.staging.dispatch import Dispatcher, Ticket
-from siasync.staging.pool import ExecutorDown, LostTask, TaskPool, cancel_all
+from siasync.staging.pool import ExecutorDown, LocalPool, LostTask, TaskPool, cancel_all
+from siasync.staging.remote_plan import RemotePlan
 from siasync.staging.worker import BatchTask, PairOutcome, PairTask, coadd_tasks
 from siasync.uws.jobs import JobService, staging_request
 from siasync.uws.params import StagingRequest
@@ -94,6 +104,9 @@ class Progress:
     #: the estimate made at creation, in (field, image) pairs
     cost: int | None = None
     warnings: list[str] = field(default_factory=list)
+    #: remote images downloaded, and found in the download cache
+    fetched: int = 0
+    cached: int = 0
     _recent: deque = field(default_factory=lambda: deque(maxlen=64))
     _written: float = 0.0
 
@@ -113,15 +126,20 @@ class Progress:
         cost = {} if self.cost is None else {"cost": self.cost}
         return {"fields_total": self.fields_total, **cost, "fields_done": self.fields_done, "products": self.products,
                 "bytes": self.bytes, "pairs_done": self.pairs, "rate": round(self.rate(), 2),
-                "empty_fields": self.empty_fields, "empty_count": self.empty_count, "warnings": self.warnings}
+                "empty_fields": self.empty_fields, "empty_count": self.empty_count, "warnings": self.warnings,
+                **({"remote_fetched": self.fetched, "remote_cached": self.cached} if self.fetched + self.cached
+                   else {})}
 
 
 class Scheduler:
     """Runs the jobs it claims from the store on a `TaskPool`."""
 
     def __init__(self, service: JobService, index: ArchiveIndex, pool: TaskPool, max_jobs: int,
-                 runners: Runners, policy: str = "fair") -> None:
+                 runners: Runners, policy: str = "fair", remotes: RemoteCatalog | None = None) -> None:
         self.service = service
+        self.remotes = remotes
+        #: per remote collection, the dispatcher of its own pool (made on first use)
+        self.lanes: dict[str, Dispatcher] = {}
         self.index = index
         self.pool = pool
         self.runners = runners
@@ -157,8 +175,12 @@ class Scheduler:
         resumes them."""
         self._cancelled.update(self._running)
         self.dispatcher.shutdown()
+        for lane in self.lanes.values():
+            lane.shutdown()
         await cancel_all([*self._tasks, *self._side_tasks])
         await self.pool.close()
+        for lane in self.lanes.values():
+            await lane.pool.close()
         with contextlib.suppress(Exception):  # a store out of reach: the lease runs out instead
             await self.runners.leave()
 
@@ -345,8 +367,10 @@ class Scheduler:
     def _expire(self, job_id: str) -> None:
         self._spawn(self.service.expire(job_id), f"expire-{job_id}")
 
-    async def _batches(self, job: Job, request: StagingRequest, progress: Progress) -> AsyncIterator[BatchTask]:
-        """The job's work, planned a chunk of fields at a time, skipping pairs already registered."""
+    async def _batches(self, job: Job, request: StagingRequest, progress: Progress,
+                       count_empty: bool = True) -> AsyncIterator[BatchTask]:
+        """The job's work, planned a chunk of fields at a time, skipping pairs already registered (empty fields are
+        counted here unless a `RemotePlan` counts them, knowing the remote images too)."""
         mode = Intersect(request.intersect)
         root, path = str(self.service.files.root), f"{job_path(job.id)}/results/"
         pending: list[PairTask] = []
@@ -358,7 +382,7 @@ class Scheduler:
             done = await self.service.store.done_pairs(job.id, lo, lo + len(chunk) - 1)
             for offset, (field_, records) in enumerate(zip(chunk, matches, strict=True)):
                 index = lo + offset
-                if not records:
+                if not records and count_empty:
                     progress.empty_count += 1
                     if len(progress.empty_fields) < 1000:
                         progress.empty_fields.append(index)
@@ -418,46 +442,75 @@ class Scheduler:
         # one batch until the first results are registered: planning and cutting more would
         # take CPU from that batch just when the client is waiting for its first image
         limit = 1
-        batches = self._batches(job, request, progress)
-        exhausted = False
+        plan = self._remote_plan(job, request, progress)
+        batches = self._batches(job, request, progress, count_empty=plan is None)
+        exhausted = plan is not None and plan.coadd  # the plan makes every product of a mosaic or stack job
         fatal: str | None = None
         #: batches lost with the executor (its scheduler died): sent again once it is back
         parked: list[BatchTask] = []
 
+        def room(lane: str | None) -> bool:
+            """Whether a batch of ``lane`` may be sent now (None: the archive's pool, within `limit`)."""
+            if lane is None:
+                return not parked and self.problem is None and _count(in_flight, None) < limit
+            return _count(in_flight, lane) < 2 * self._lane(lane).pool.workers
+
+        def launch(batch: BatchTask) -> None:
+            self._launch(tickets, in_flight, batch, 0)
+            for pair in batch.pairs:
+                outstanding[pair.field_index] = outstanding.get(pair.field_index, 0) + 1
+
         async def refill() -> None:
             """Keep up to `limit` batches in flight while the job runs, yielding to finished ones."""
             nonlocal exhausted, planned_to
-            while (not exhausted and len(in_flight) < limit and job.id not in self._cancelled and not fatal
-                   and not parked and self.problem is None
+            while (not exhausted and room(None) and job.id not in self._cancelled and not fatal
                    and not any(f.done() for f in in_flight)):  # finished batches are registered first
                 batch = await anext(batches, None)
                 if batch is None:
                     exhausted = True
-                    return
-                self._launch(ticket, in_flight, batch, 0)
-                for pair in batch.pairs:
-                    outstanding[pair.field_index] = outstanding.get(pair.field_index, 0) + 1
+                    break
+                launch(batch)
                 planned_to = batch.pairs[-1].field_index - 1
+            while plan is not None and job.id not in self._cancelled and not fatal:
+                batch = plan.take(room)
+                if batch is None:
+                    break
+                launch(batch)
 
         ticket = self.dispatcher.open(job.id, job.owner, max(0, job.info.get("cost", 0) - progress.pairs))
+        tickets: dict[str | None, Ticket] = {None: ticket}
         try:
             await refill()  # the first batches go out before anything is written
             await self.service.store.update(job.id, quote=self.quote(job.id, ticket.remaining))
             while True:
                 await refill()
                 if job.id in self._cancelled or fatal:
-                    self._withdraw(ticket, in_flight, outstanding)
+                    self._withdraw(tickets, in_flight, outstanding)
+                    self._let_go(job.id, in_flight, outstanding)
                     for batch in parked:
                         _release(outstanding, batch)
                     parked.clear()
+                    if plan is not None:
+                        await plan.close()
                 if parked and not in_flight and await self._executor_back(job.id):
                     for batch in parked:
-                        self._launch(ticket, in_flight, batch, 0)
+                        self._launch(tickets, in_flight, batch, 0)
                     parked.clear()
                     continue
                 if not in_flight:
-                    break
-                finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    if plan is None or plan.done or job.id in self._cancelled or fatal:
+                        break
+                    if plan.ready and self.problem is not None:  # the plan's next batches are for the executor
+                        await self._executor_back(job.id)
+                    else:
+                        await plan.changed()
+                    continue
+                waiter = asyncio.ensure_future(plan.changed()) if plan is not None and not plan.finished else None
+                finished, _ = await asyncio.wait([*in_flight, *filter(None, [waiter])],
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                if waiter is not None:
+                    waiter.cancel()
+                    finished.discard(waiter)
                 completed: list[tuple[BatchTask, list[PairOutcome]]] = []
                 for future in finished:
                     batch, attempt = in_flight.pop(future)
@@ -467,11 +520,11 @@ class Scheduler:
                         parked.append(batch)
                     except LostTask:
                         if attempt < RETRIES and job.id not in self._cancelled:
-                            self._launch(ticket, in_flight, batch, attempt + 1)
+                            self._launch(tickets, in_flight, batch, attempt + 1)
                             continue
                         fatal = fatal or "a worker died repeatedly on this job's data"
                         completed.append((batch, []))
-                if limit > 1 and len(in_flight) < self.pool.workers:
+                if limit > 1 and _count(in_flight, None) < self.pool.workers:
                     await refill()  # workers would otherwise wait while the store is written
                 for batch, _ in completed:
                     _release(outstanding, batch)
@@ -479,11 +532,15 @@ class Scheduler:
                 limit = 4 * self.pool.workers
                 if exhausted:
                     planned_to = len(request.positions) - 1
-                progress.fields_done = (min(outstanding) if outstanding else planned_to + 1)
+                progress.fields_done = min(min(outstanding) if outstanding else planned_to + 1,
+                                           plan.first_pending if plan is not None else len(request.positions))
                 await self._write_progress(job.id, progress, ticket)
         finally:
-            self.dispatcher.close(ticket)
+            for lane, lane_ticket in tickets.items():
+                (self.dispatcher if lane is None else self.lanes[lane]).close(lane_ticket)
             await batches.aclose()
+            if plan is not None:
+                await plan.close()
         # nothing of the job runs now: a temporary left here was a worker's that died mid-write
         await asyncio.to_thread(self.service.files.remove_temporaries, job.id)
         await self._write_progress(job.id, progress, force=True)
@@ -504,14 +561,55 @@ class Scheduler:
             await asyncio.sleep(EXECUTOR_CHECK)
         return job_id not in self._cancelled
 
-    def _launch(self, ticket: Ticket, in_flight: dict, batch: BatchTask, attempt: int) -> None:
-        in_flight[self.dispatcher.submit(ticket, batch)] = (batch, attempt)
+    def _remote_plan(self, job: Job, request: StagingRequest, progress: Progress) -> RemotePlan | None:
+        """The background plan of the job's remote collections; None when it names none (or is a SODA job)."""
+        remotes = self.remotes.among(request.collections) if self.remotes and not request.ids else []
+        if not remotes:
+            return None
+        return RemotePlan(job_id=job.id, request=request, remotes=remotes, catalog=self.remotes, index=self.index,
+                          store=self.service.store, results_root=str(self.service.files.root),
+                          results_path=f"{job_path(job.id)}/results/", progress=progress,
+                          finest_arcsec=self.service.limits.finest_scale_deg * 3600)
 
-    def _withdraw(self, ticket: Ticket, in_flight: dict, outstanding: dict[int, int]) -> None:
+    def _lane(self, name: str) -> Dispatcher:
+        """The dispatcher of a remote collection's own pool: its ``concurrency`` worker processes."""
+        lane = self.lanes.get(name)
+        if lane is None:
+            workers = self.remotes.specs[name].concurrency
+            lane = self.lanes[name] = Dispatcher(LocalPool(workers, terminate=True), slots=workers)
+        return lane
+
+    def _launch(self, tickets: dict[str | None, Ticket], in_flight: dict, batch: BatchTask, attempt: int) -> None:
+        lane = batch.lane
+        dispatcher = self.dispatcher if lane is None else self._lane(lane)
+        if lane not in tickets:
+            first = tickets[None]
+            tickets[lane] = dispatcher.open(first.job_id, first.owner, 0)
+        in_flight[dispatcher.submit(tickets[lane], batch)] = (batch, attempt)
+
+    def _withdraw(self, tickets: dict[str | None, Ticket], in_flight: dict, outstanding: dict[int, int]) -> None:
         for future, (batch, _) in list(in_flight.items()):
-            if self.dispatcher.withdraw(ticket, future):
+            lane = batch.lane
+            if (self.dispatcher if lane is None else self.lanes[lane]).withdraw(tickets[lane], future):
                 del in_flight[future]
                 _release(outstanding, batch)
+
+    def _let_go(self, job_id: str, in_flight: dict, outstanding: dict[int, int]) -> None:
+        """Stop waiting for the stopped job's remote batches still running (a download may take minutes): their
+        files are deleted when they return, unless another server runs the job now."""
+        lost = job_id in self._lost
+        for future, (batch, _) in list(in_flight.items()):
+            if batch.lane is not None:
+                del in_flight[future]
+                _release(outstanding, batch)
+                if not lost:
+                    self._spawn(self._discard(job_id, future), f"discard-{job_id}")
+
+    async def _discard(self, job_id: str, future: asyncio.Future) -> None:
+        with contextlib.suppress(Exception):
+            outcomes = await future
+            written = [name for o in outcomes for name, _, _ in o.products]
+            await asyncio.to_thread(_delete_files, self.service.files, job_id, written)
 
     async def _register(self, job_id: str, completed: list[tuple[BatchTask, list[PairOutcome]]],
                         progress: Progress) -> str | None:
@@ -543,6 +641,8 @@ class Scheduler:
                 return None
         progress.record(len(products), sum(p.size for p in products))
         progress.pairs += sum(o.pairs for o in outcomes if o.problem is None)
+        progress.fetched += sum(o.fetched for o in outcomes)
+        progress.cached += sum(o.cached for o in outcomes)
         for o in outcomes:
             notes = o.notes + ([o.message] if o.problem == "warning" else [])
             if notes:
@@ -563,6 +663,11 @@ class Scheduler:
                 await self.service.store.update(job_id, info=progress.as_info(), **quote)
             except StoreFull:  # progress is advisory: the next write, or the job's end, says more
                 log.warning("job %s: progress not recorded: the disk is full", job_id)
+
+
+def _count(in_flight: dict, lane: str | None) -> int:
+    """Batches of a lane in flight (None: the archive's pool)."""
+    return sum(1 for batch, _ in in_flight.values() if batch.lane == lane)
 
 
 def _release(outstanding: dict[int, int], batch: BatchTask) -> None:

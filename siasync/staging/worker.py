@@ -6,6 +6,11 @@ temporary name renamed into place (`storage.files.ResultFiles.write`), so bytes
 never travel back through the server; it returns the metadata the server needs to
 register the product and its table row. Each worker keeps a `ParentCache` for its
 lifetime, and exits when the server process that started it is gone.
+
+An image of a remote collection (`RemotePairTask`, or a co-add's remote input) is first
+fetched into the download cache (`siasync.remote.fetch.resolve`: once, whoever asks), then
+cut from there exactly as an archive image is cut; a remote that fails after its retries
+makes a warning of the pair, never the job's end.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from cutout.preview import preview_bytes
 from cutout.scan import ImageRecord
 from cutout.siap import band_order, cutout_metadata, generated_metadata
 from cutout.sky import Field
+from siasync.remote.faults import RemoteError
+from siasync.remote.fetch import RemoteSource, resolve
+from siasync.remote.images import RemoteImage
 from storage.files import ResultFiles
 from storage.table import render_row
 
@@ -78,6 +86,18 @@ class PairTask:
 
 
 @dataclass(frozen=True)
+class RemotePairTask:
+    """One (field, image) pair of a remote collection: the image is fetched into the download cache, then cut."""
+
+    field_index: int
+    field: Field
+    image: RemoteImage
+    source: RemoteSource
+    #: MIME types to write (empty for FORMAT=METADATA: a table row only)
+    products: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class CoaddTask:
     """One generated product of a field: the mosaic of one band, or the stack of every band."""
 
@@ -93,6 +113,8 @@ class CoaddTask:
     products: tuple[str, ...]
     combine: str = "mean"
     match_background: bool = False
+    #: per input, the remote image and where to fetch it (None for the archive's own); empty: none is remote
+    remotes: tuple[tuple[RemoteImage, RemoteSource] | None, ...] = ()
 
     @property
     def bands(self) -> list[str]:
@@ -118,17 +140,30 @@ def coadd_tasks(field_index: int, field: Field, records: list[ImageRecord], path
             for group in groups]
 
 
-def build_coadd(task: CoaddTask, cache: ParentCache) -> tuple[list[Mosaic], list[str]]:
-    """Read and co-add a task's inputs, one `Mosaic` per band; and a warning per unreadable input.
+class UnreadableInputs(RuntimeError):
+    """None of a co-add's inputs could be read (or fetched from its remote); the message says why, per input."""
+
+
+def build_coadd(task: CoaddTask, cache: ParentCache, outcome: PairOutcome | None = None
+                ) -> tuple[list[Mosaic], list[str]]:
+    """Read and co-add a task's inputs (remote ones fetched first), one `Mosaic` per band; and a warning per
+    unreadable input. ``outcome`` counts the downloads and cache hits.
 
     Raises
     ------
     NoOverlapError
         When no input covers the grid after all.
+    UnreadableInputs
+        When no input could be read (or fetched): the warnings, together.
     """
     inputs, warnings = {}, []
-    for record, path in zip(task.records, task.paths, strict=True):
+    for record, path, remote in zip(task.records, task.paths, task.remotes or [None] * len(task.records),
+                                    strict=True):
         try:
+            if remote is not None:
+                record, path, hit = open_remote(*remote, cache)
+                if outcome is not None:
+                    outcome.count_fetch(hit)
             parent = cache.get(path, record.hdu, record.id, record.path)
             inputs.setdefault(record.band, []).append(read_input(parent, task.grid, record.band, record.mjd))
         except NoOverlapError:
@@ -137,6 +172,8 @@ def build_coadd(task: CoaddTask, cache: ParentCache) -> tuple[list[Mosaic], list
             warnings.append(parent_problem(record, exc).replace(" skipped: ", f" left out of {task.unit} of field "
                                                                                 f"{task.field_index}: "))
     if not inputs:
+        if warnings:
+            raise UnreadableInputs("; ".join(warnings))
         raise NoOverlapError(f"no image covers the grid of field {task.field_index}")
     return [coadd(inputs[b], task.grid, task.combine, task.match_background) for b in task.bands if b in inputs], \
         warnings
@@ -166,7 +203,17 @@ class BatchTask:
     results_root: str
     #: URL path of the job's results, e.g. "/async/JOB/results/"
     results_path: str
-    pairs: tuple[PairTask | CoaddTask, ...]
+    pairs: tuple[PairTask | CoaddTask | RemotePairTask, ...]
+
+    @property
+    def lane(self) -> str | None:
+        """The remote collection whose images the batch fetches (its pool and concurrency), or None."""
+        pair = self.pairs[0]
+        if isinstance(pair, RemotePairTask):
+            return pair.image.remote
+        if isinstance(pair, CoaddTask):
+            return next((remote[0].remote for remote in pair.remotes if remote is not None), None)
+        return None
 
 
 @dataclass
@@ -186,6 +233,16 @@ class PairOutcome:
     pairs: int = 1
     #: warnings of a product made all the same (an input left out)
     notes: list[str] = field(default_factory=list)
+    #: remote images downloaded for it, and found in the download cache
+    fetched: int = 0
+    cached: int = 0
+
+    def count_fetch(self, hit: bool) -> None:
+        """Count a remote image: found in the download cache (``hit``), or downloaded."""
+        if hit:
+            self.cached += 1
+        else:
+            self.fetched += 1
 
 
 def result_name(field_index: int, image_id: str, mime: str) -> str:
@@ -233,8 +290,15 @@ def run_batch(task: BatchTask) -> list[PairOutcome]:
     for pair in task.pairs:
         start = time.perf_counter()
         try:
-            outcome = _run_coadd(pair, task, files) if isinstance(pair, CoaddTask) else _run_pair(pair, task, files)
+            if isinstance(pair, CoaddTask):
+                outcome = _run_coadd(pair, task, files)
+            elif isinstance(pair, RemotePairTask):
+                outcome = _run_remote_pair(pair, task, files)
+            else:
+                outcome = _run_pair(pair, task, files)
         except Exception as exc:  # never a batch lost to one product
+            if isinstance(pair, RemotePairTask):
+                pair = PairTask(pair.field_index, pair.field, pair.image.provisional_record(), "", pair.products)
             unit = pair.unit if isinstance(pair, CoaddTask) else pair.record.id
             outcome = PairOutcome(pair.field_index, unit, problem="warning",
                                   message=(f"{unit} of field {pair.field_index} not made: {type(exc).__name__}: {exc}"
@@ -255,9 +319,12 @@ def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutc
         outcome.rows.append((None, render_row(values, None)))
         return outcome
     try:
-        mosaics, outcome.notes = build_coadd(unit, _cache)
+        mosaics, outcome.notes = build_coadd(unit, _cache, outcome)
     except NoOverlapError as exc:
         outcome.problem, outcome.message = "skipped", str(exc)
+        return outcome
+    except UnreadableInputs as exc:
+        outcome.problem, outcome.message = "warning", str(exc)
         return outcome
     used = {i for m in mosaics for i in m.inputs}
     records = [r for r in unit.records if r.id in used]
@@ -273,6 +340,38 @@ def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutc
                                     len(data), name, mosaics[0].algorithm == "exact")
         outcome.products.append((name, len(data), mime))
         outcome.rows.append((name, render_row(values, task.results_path + name)))
+    return outcome
+
+
+def open_remote(image: RemoteImage, source: RemoteSource, cache: ParentCache) -> tuple[ImageRecord, str, bool]:
+    """A remote image fetched (or found) in the download cache and opened in ``cache``, so that an eviction by
+    another process can no longer take it away: its record, its file, and whether it was a cache hit.
+
+    Raises
+    ------
+    RemoteError
+        When it could not be fetched (the remote's fault, after its retries).
+    """
+    for attempt in (0, 1):
+        record, path, hit = resolve(image, source)
+        try:
+            cache.get(str(path), record.hdu, record.id, record.path)
+        except FileNotFoundError:  # evicted between the download and the open: fetched again, once
+            if attempt:
+                raise
+            continue
+        return record, str(path), hit
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run_remote_pair(pair: RemotePairTask, task: BatchTask, files: ResultFiles) -> PairOutcome:
+    try:
+        record, path, hit = open_remote(pair.image, pair.source, _cache)
+    except RemoteError as exc:
+        return PairOutcome(pair.field_index, pair.image.id, problem="warning",
+                           message=f"{exc}; field {pair.field_index} has no product of it")
+    outcome = _run_pair(PairTask(pair.field_index, pair.field, record, path, pair.products), task, files)
+    outcome.count_fetch(hit)
     return outcome
 
 

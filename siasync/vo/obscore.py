@@ -78,6 +78,8 @@ COLUMNS: tuple[Col, ...] = (
     _col("s_pixel_scale", "double", "phys.angSize;instr.pixel", "Char.SpatialAxis.Sampling.RefVal.SamplingPeriod",
          "arcsec"),
     Col("band", "char", "instr.bandpass", arraysize="*", description="the archive's band name"),
+    Col("remote", "char", "meta.ref.url", arraysize="*",
+        description="the service a remote collection's image comes from; empty for the archive's own images"),
 )
 
 
@@ -170,5 +172,5 @@ class ObsCoreTable:
             nx, ny, t_min, t_max, record.exptime, None, 1 if t_min is not None else None,
             em_min, em_max, centre / (em_max - em_min) if known else None, 1 if known else None,
             None, None, None, record.facility, record.instrument,
-            f"{record.collection} {record.band} {record.id}", record.scale, record.band,
+            f"{record.collection} {record.band} {record.id}", record.scale, record.band, None,
         ]

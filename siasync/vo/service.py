@@ -14,10 +14,12 @@ from cutout.errors import ArchiveError, NoOverlapError
 from cutout.index import ArchiveIndex
 from cutout.scan import ImageRecord
 from cutout.sky import Field
+from siasync.remote.catalog import RemoteCatalog
 from siasync.uws.params import Limits, RawParams
 from siasync.vo import datalink, sia2, soda
 from siasync.vo.archive import ArchiveFiles
 from siasync.vo.obscore import Datasets, ObsCoreTable
+from siasync.vo.remote_rows import RemoteRows, obscore_rows
 from siasync.vo.sia import ArchiveUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,16 @@ class VoService:
         The archive's files and previews.
     slots : asyncio.Semaphore
         Synchronous work reading the archive at once (shared with SIAP 1.0).
+    remotes : RemoteCatalog, optional
+        The archive's remote collections: a SIA 2.0 query that names them in COLLECTION gets their images too.
     """
 
     def __init__(self, table: ObsCoreTable, limits: Limits, max_records: int, files: ArchiveFiles,
-                 slots: asyncio.Semaphore) -> None:
+                 slots: asyncio.Semaphore, remotes: RemoteCatalog | None = None) -> None:
         self.table, self.limits, self.max_records, self.files = table, limits, max_records, files
         self.datasets: Datasets = table.datasets
         self._slots = slots
+        self.remotes = remotes
 
     @property
     def index(self) -> ArchiveIndex:
@@ -59,7 +64,13 @@ class VoService:
             For a malformed query; its `error_document` is the answer to send.
         """
         query = sia2.parse_sia2(raw, self.max_records)
-        return await asyncio.to_thread(sia2.answer, self.table, query, base, self._descriptors)
+        specs = self.remotes.among(query.strings.get("COLLECTION", ())) if self.remotes else []
+        remote = RemoteRows()
+        if specs and query.maxrec != 0:
+            remote = await obscore_rows(self.remotes, specs, query, self.datasets.authority,
+                                        query.maxrec if query.maxrec is not None else self.max_records)
+        return await asyncio.to_thread(sia2.answer, self.table, query, base, self._descriptors, remote.rows,
+                                       remote.failures, remote.overflow)
 
     def _descriptors(self, base: str) -> str:
         return datalink.descriptor(base, "obs_publisher_did") + soda.descriptors(base) + sia2.self_descriptor(base)

@@ -13,17 +13,23 @@ Files are opened, read and closed in worker threads, a fresh `ParentImage` per r
 an image that cannot be described is left out with an INFO naming it. ``/sia/cutout``
 says whether a failure is transient (503 with Retry-After: the archive's storage cannot be
 read now) or permanent (500 naming the damaged image and the reason).
+
+**Remote collections** named in COLLECTION add their images' rows (`siasync.vo.remote_rows`),
+marked in a ``remote`` column that a service with remote collections always has; their
+``/sia/cutout`` references cut the image from the download cache, as a job does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
+import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -40,7 +46,18 @@ from cutout.scan import ImageRecord
 from cutout.siap import COLUMNS, Column, cutout_constants, generated_metadata
 from cutout.sky import Field, Intersect
 from siasync.errors import NotFound, ServiceError, UsageError
-from siasync.staging.worker import EXTENSIONS, CoaddTask, build_coadd, coadd_bytes, coadd_tasks, parent_problem
+from siasync.remote.catalog import RemoteCatalog
+from siasync.remote.faults import RemoteError
+from siasync.remote.images import RemoteImage
+from siasync.staging.worker import (
+    EXTENSIONS,
+    CoaddTask,
+    UnreadableInputs,
+    build_coadd,
+    coadd_bytes,
+    coadd_tasks,
+    parent_problem,
+)
 from siasync.uws.params import (
     FORMATS,
     GENERATION_PARAMETERS,
@@ -56,7 +73,8 @@ from siasync.uws.params import (
     parse_size,
     products_of,
 )
-from siasync.vo.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document
+from siasync.vo.remote_rows import REMOTE_COLUMN, RemoteRows, find_images, mark, sia_rows
+from siasync.vo.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document, select_cells
 from storage.table import BASE, cell_text, render_row, with_base
 
 log = logging.getLogger(__name__)
@@ -287,6 +305,8 @@ class Rows:
     omitted: list[tuple[str, str]] = dataclass_field(default_factory=list)
     #: whether the rows hold the query's columns only (else every column, to be cut down)
     cut: bool = False
+    #: per row, the remote service of its images (generated products of remote inputs), where any
+    remotes: list[str] = dataclass_field(default_factory=list)
 
 
 class RowTemplates:
@@ -352,14 +372,16 @@ class RowTemplates:
 VARIABLE = ("ra", "dec", "naxis", "crpix", "filesize", "field_ra", "field_dec", "access_url")
 
 
-def find_rows(index: ArchiveIndex, query: SiaQuery, max_records: int, templates: RowTemplates | None = None) -> Rows:
+def find_rows(index: ArchiveIndex, query: SiaQuery, max_records: int, templates: RowTemplates | None = None,
+              remote_inputs: Sequence[tuple[str, RemoteImage]] = ()) -> Rows:
     """The rows of a query, from the index alone (no file is opened).
 
     Images that turn out not to overlap are left out, and so are those that cannot be
-    described (logged, and listed in `Rows.omitted`).
+    described (logged, and listed in `Rows.omitted`). ``remote_inputs`` are the remote images
+    (and their service's URL) that a MODE=mosaic or stack query co-adds with the archive's.
     """
     if query.generation:
-        return _generated_rows(index, query, max_records)
+        return _generated_rows(index, query, max_records, remote_inputs)
     templates = templates or RowTemplates()
     field = query.field
     found = Rows(cut=True)
@@ -382,14 +404,17 @@ def find_rows(index: ArchiveIndex, query: SiaQuery, max_records: int, templates:
     return found
 
 
-def _generated_rows(index: ArchiveIndex, query: SiaQuery, max_records: int) -> Rows:
+def _generated_rows(index: ArchiveIndex, query: SiaQuery, max_records: int,
+                    remote_inputs: Sequence[tuple[str, RemoteImage]] = ()) -> Rows:
     """Rows of MODE=mosaic or stack: the field's generated products, described from their grid."""
     field = query.field
     found = Rows()
     records = index.lookup(field, Intersect.OVERLAPS, query.collections, query.bands)
+    services = {image.id: url for url, image in remote_inputs}
     options = {k: v for k, v in query.generation.items() if k not in ("mode", "grid")}
-    tasks = coadd_tasks(0, field, records, [str(index.path_of(r)) for r in records], query.generation["mode"],
-                        query.generation["grid"], query.products, **options)
+    tasks = coadd_tasks(0, field, records + [provisional(image, index) for _, image in remote_inputs],
+                        [str(index.path_of(r)) for r in records] + [""] * len(remote_inputs),
+                        query.generation["mode"], query.generation["grid"], query.products, **options)
     for task in tasks:
         mimes = [m for m in task.products
                  if not (task.unit == "stack" and m != "image/fits" and "image/fits" in task.products
@@ -400,21 +425,43 @@ def _generated_rows(index: ArchiveIndex, query: SiaQuery, max_records: int) -> R
                 return found
             values = generated_metadata(task.grid.header(), task.grid.shape, task.records, field, 0, mime, None, None)
             found.rows.append(render_row(values, coadd_path(query, task.unit, mime)))
+            found.remotes.append(" ".join(sorted({services[r.id] for r in task.records if r.id in services})))
     return found
 
 
-def answer(index: ArchiveIndex, query: SiaQuery, base: str, max_records: int,
-           templates: RowTemplates | None = None) -> str:
-    """The VOTable answering a (non-metadata) query, links absolute from ``base``."""
-    found = find_rows(index, query, max_records, templates)
+def provisional(image: RemoteImage, index: ArchiveIndex) -> ImageRecord:
+    """A remote image's record for planning a co-add: its pixel scale never finer than the archive's finest (the
+    scale a query's output size was checked at)."""
+    record = image.provisional_record()
+    finest = min((r.scale for r in index.records), default=1.0)
+    return dataclasses.replace(record, scale=max(record.scale, finest) if math.isfinite(record.scale) else finest)
+
+
+def answer(index: ArchiveIndex, query: SiaQuery, base: str, max_records: int, templates: RowTemplates | None = None,
+           remote: RemoteRows | None = None, remote_inputs: Sequence[tuple[str, RemoteImage]] = ()) -> str:
+    """The VOTable answering a (non-metadata) query, links absolute from ``base``.
+
+    With ``remote`` (a service with remote collections), the rows have the `REMOTE_COLUMN`, and the
+    remote collections' rows come after the archive's.
+    """
+    found = find_rows(index, query, max_records, templates, remote_inputs)
+    columns = query.columns
+    notes = [("OMITTED", image_id, reason) for image_id, reason in found.omitted]
+    if remote is not None:
+        rows = [mark(row if found.cut else select_cells(row, columns), found.remotes[i] if found.remotes else "")
+                for i, row in enumerate(found.rows)]
+        room = max(0, max_records - len(rows))
+        found.overflow = found.overflow or remote.overflow or len(remote.rows) > room
+        found.rows, found.cut, columns = rows + remote.rows[:room], True, (*columns, REMOTE_COLUMN)
+        notes += [("OMITTED", image_id, reason) for image_id, reason in remote.omitted]
+        notes += [("REMOTE", "unavailable", text) for text in remote.failures]
     field = query.field
     size = "0 (whole images containing POS)" if field.is_point else f"{field.width:g},{field.height:g}"
     what = f"MODE={query.generation['mode']} products" if query.generation else "cutouts"
     description = (f"siasync SIAP 1.0: {what} of archive images for POS={field.ra:g},{field.dec:g} "
                    f"SIZE={size} INTERSECT={query.intersect.value}")
     message = f"the response stops at the service's limit of {max_records} rows" if found.overflow else ""
-    notes = [("OMITTED", image_id, reason) for image_id, reason in found.omitted]
-    return results_document(query.columns, (with_base(row, base) for row in found.rows), description,
+    return results_document(columns, (with_base(row, base) for row in found.rows), description,
                             "OVERFLOW" if found.overflow else "OK", message, notes=notes, cut=found.cut)
 
 
@@ -465,6 +512,9 @@ def make_coadd(task: CoaddTask, mime: str) -> bytes:
         data = coadd_bytes(task, mosaics, mime)
     except NoOverlapError as exc:
         raise UsageError("POS", str(exc)) from None
+    except UnreadableInputs as exc:  # its images cannot be read (or fetched from their remote) now
+        log.warning("/sia/cutout: %s", exc)
+        raise ArchiveUnavailable(f"{task.unit} cannot be made now: {exc}") from None
     except Exception as exc:
         log.warning("/sia/cutout: %s of field %s not made: %s: %s", task.unit, task.field_index,
                     type(exc).__name__, exc)
@@ -488,14 +538,17 @@ class SiaService:
         Requests reading the archive at once, each in its own thread.
     max_records : int
         Most rows of one query.
+    remotes : RemoteCatalog, optional
+        The archive's remote collections, which a query or cutout reaches by naming them in COLLECTION.
     """
 
     def __init__(self, index: ArchiveIndex, limits: Limits, concurrency: int, max_records: int,
-                 slots: asyncio.Semaphore | None = None) -> None:
+                 slots: asyncio.Semaphore | None = None, remotes: RemoteCatalog | None = None) -> None:
         self.index, self.limits, self.max_records = index, limits, max_records
         #: the requests reading the archive at once (``slots``: shared with other services, else ``concurrency``)
         self._slots = slots or asyncio.Semaphore(concurrency)
         self._templates = RowTemplates()
+        self.remotes = remotes
 
     async def query(self, raw: RawParams, base: str) -> str:
         """The VOTable answering a query; a malformed one gets QUERY_STATUS ERROR naming the parameter.
@@ -507,11 +560,14 @@ class SiaService:
         except UsageError as exc:
             return error_document(exc.message)
         try:
+            marked = (REMOTE_COLUMN,) if self.remotes else ()
             if not query.products:
-                return results_document(query.columns, [], "siasync SIAP 1.0 metadata: the input parameters "
-                                        "and the columns of a response", params=input_params(self.limits))
+                return results_document((*query.columns, *marked), [], "siasync SIAP 1.0 metadata: the input "
+                                        "parameters and the columns of a response", params=input_params(self.limits))
+            remote, inputs = await self._remote(query) if self.remotes else (None, [])
             async with self._slots:
-                return await asyncio.to_thread(answer, self.index, query, base, self.max_records, self._templates)
+                return await asyncio.to_thread(answer, self.index, query, base, self.max_records, self._templates,
+                                               remote, inputs)
         except Exception as exc:  # /sia never answers 500
             log.exception("/sia failed")
             return error_document(f"the query could not be answered: {type(exc).__name__}: {exc}")
@@ -525,20 +581,56 @@ class SiaService:
         """
         request = parse_cutout(raw, self.limits)
         if isinstance(request, CoaddRequest):
-            task = self._coadd_task(request)
+            specs = self.remotes.among(request.collections) if self.remotes else []
+            found, failures = (await find_images(self.remotes, specs, request.field, Intersect.OVERLAPS,
+                                                 request.bands) if specs else ([], []))
+            if failures:
+                raise ArchiveUnavailable("; ".join(failures))
+            task = self._coadd_task(request, found)
             async with self._slots:
                 data = await asyncio.to_thread(make_coadd, task, request.mime)
             return data, request.mime, f"{task.unit}.{EXTENSIONS[request.mime]}"
         record = self.index.by_id.get(request.image_id)
         if record is None:
-            raise NotFound(f"ID: no image {request.image_id!r} in this archive")
+            return await self._remote_cutout(request)
         async with self._slots:
             data = await asyncio.to_thread(make_cutout, self.index.path_of(record), record, request.field,
                                            request.mime)
         return data, request.mime, f"{record.id}.{EXTENSIONS[request.mime]}"
 
+    async def _remote(self, query: SiaQuery) -> tuple[RemoteRows, list[tuple[str, RemoteImage]]]:
+        """The rows of the query's remote collections; with MODE=mosaic or stack, their images to co-add."""
+        specs = self.remotes.among(query.collections)
+        if not specs:
+            return RemoteRows(), []
+        if query.generation:
+            found, failures = await find_images(self.remotes, specs, query.field, Intersect.OVERLAPS, query.bands)
+            return RemoteRows(failures=failures), [(spec.url, image) for spec, image in found]
+        return await sia_rows(self.remotes, specs, query.field, query.intersect, query.bands, query.products,
+                              query.columns, self._templates, self._slots, self.max_records, cutout_path), []
 
-    def _coadd_task(self, request: CoaddRequest) -> CoaddTask:
+    async def _remote_cutout(self, request: CutoutRequest) -> tuple[bytes, str, str]:
+        """A cutout of a remote collection's image (a ``/sia`` row's), cut from the download cache.
+
+        Raises
+        ------
+        NotFound
+            When the id names no image of the archive nor of a remote collection.
+        ArchiveUnavailable
+            When the remote could not give the image (after its retries): try again later.
+        """
+        image = await self.remotes.image(request.image_id) if self.remotes else None
+        if image is None:
+            raise NotFound(f"ID: no image {request.image_id!r} in this archive")
+        async with self._slots:
+            try:
+                record, path, _ = await self.remotes.fetch(image)
+            except RemoteError as exc:
+                raise ArchiveUnavailable(str(exc)) from None
+            data = await asyncio.to_thread(make_cutout, path, record, request.field, request.mime)
+        return data, request.mime, f"{record.id}.{EXTENSIONS[request.mime]}"
+
+    def _coadd_task(self, request: CoaddRequest, remote: Sequence[tuple[object, RemoteImage]] = ()) -> CoaddTask:
         """The one product of a synchronous mosaic or stack: its inputs, grid and bands.
 
         Raises
@@ -548,11 +640,15 @@ class SiaService:
         UsageError
             When no image overlaps the field, or a mosaic would mix bands.
         """
-        missing = [i for i in request.image_ids if i not in self.index.by_id]
+        images = {image.id: image for _, image in remote}
+        missing = [i for i in request.image_ids if i not in self.index.by_id and i not in images]
         if missing:
             raise NotFound(f"ID: no image {missing[0]!r} in this archive")
         records = self.index.lookup(request.field, Intersect.OVERLAPS, request.collections, request.bands)
+        paths = [str(self.index.path_of(r)) for r in records] + [""] * len(images)
+        records += [provisional(image, self.index) for image in images.values()]
         if request.image_ids:
+            paths = [p for p, r in zip(paths, records, strict=True) if r.id in request.image_ids]
             records = [r for r in records if r.id in request.image_ids]
         if not records:
             raise UsageError("POS", "no archive image overlaps the field" + (" among the given IDs" if request.image_ids
@@ -560,8 +656,11 @@ class SiaService:
         bands = sorted({r.band for r in records})
         mode = request.generation["mode"]
         options = {k: v for k, v in request.generation.items() if k != "mode"}
-        tasks = coadd_tasks(0, request.field, records, [str(self.index.path_of(r)) for r in records], mode,
-                            options.pop("grid"), (request.mime,), **options)
+        tasks = coadd_tasks(0, request.field, records, paths, mode, options.pop("grid"), (request.mime,), **options)
+        if images:
+            tasks = [dataclasses.replace(t, remotes=tuple((images[r.id], self.remotes.source(images[r.id].remote))
+                                                          if r.id in images else None for r in t.records))
+                     for t in tasks]
         if request.product is not None:
             chosen = [t for t in tasks if t.unit == request.product]
             if not chosen:

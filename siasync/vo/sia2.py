@@ -12,8 +12,9 @@ Errors are DALI error documents (a VOTable with QUERY_STATUS ERROR), answered wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
 
 import numpy as np
 
@@ -30,12 +31,12 @@ from storage.table import with_base
 STANDARD_ID = "ivo://ivoa.net/std/SIA#query-2.0"
 #: interval parameters: the ObsCore arrays they are matched on, and whether an interval is tested against
 #: an interval of the data (BAND, TIME: they must meet) or against one value (the range must include it)
-_INTERVALS: dict[str, tuple[str, ...]] = {
+INTERVALS: dict[str, tuple[str, ...]] = {
     "BAND": ("em_min", "em_max"), "TIME": ("t_min", "t_max"), "FOV": ("s_fov",), "SPATRES": ("s_resolution",),
     "EXPTIME": ("t_exptime",), "TIMERES": ("t_resolution",), "SPECRP": ("em_res_power",),
 }
 #: string parameters: the ObsCore column each must equal
-_STRINGS = {"COLLECTION": "obs_collection", "FACILITY": "facility_name", "INSTRUMENT": "instrument_name",
+STRINGS = {"COLLECTION": "obs_collection", "FACILITY": "facility_name", "INSTRUMENT": "instrument_name",
             "DPTYPE": "dataproduct_type", "TARGET": "target_name", "FORMAT": "access_format"}
 POL_STATES = ("I", "Q", "U", "V", "RR", "LL", "RL", "LR", "XX", "YY", "XY", "YX", "POLI", "POLA")
 _RESPONSE_FORMATS = ("votable", "application/x-votable+xml", "text/xml")
@@ -113,9 +114,9 @@ def parse_sia2(raw: RawParams, max_records: int) -> Sia2Query:
                                                "the answer is a VOTable (votable, application/x-votable+xml)")
     return Sia2Query(
         regions=tuple(regions),
-        intervals={name: tuple(parse_interval(name, t) for t in values[name]) for name in _INTERVALS
+        intervals={name: tuple(parse_interval(name, t) for t in values[name]) for name in INTERVALS
                    if name in values},
-        strings={name: tuple(values[name]) for name in _STRINGS if name in values},
+        strings={name: tuple(values[name]) for name in STRINGS if name in values},
         pol=pol, ids=tuple(values.get("ID", [])), calib=tuple(calib),
         maxrec=min(maxrec, max_records) if maxrec is not None else max_records,
     )
@@ -125,14 +126,14 @@ def matching(table: ObsCoreTable, query: Sia2Query) -> np.ndarray:
     """Indices of the images (in index order) that satisfy every constraint of ``query``."""
     keep = np.ones(len(table.records), dtype=bool)
     for name, intervals in query.intervals.items():
-        arrays = [getattr(table, column) for column in _INTERVALS[name]]
+        arrays = [getattr(table, column) for column in INTERVALS[name]]
         hit = np.zeros_like(keep)
         for lo, hi in intervals:
             with np.errstate(invalid="ignore"):  # NaN: no value, which no constraint is satisfied by
                 hit |= (arrays[-1] >= lo) & (arrays[0] <= hi)
         keep &= hit
     for name, wanted in query.strings.items():
-        keep &= np.isin(table.text[_STRINGS[name]], list(wanted))
+        keep &= np.isin(table.text[STRINGS[name]], list(wanted))
     if query.pol:  # a row matches a state it lists, as /I/Q/U/
         keep &= np.array([bool(s) and any(f"/{p}/" in s for p in query.pol) for s in table.text["pol_states"]])
     if query.ids:
@@ -183,19 +184,25 @@ def _padded(polygon: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([polygon, np.repeat(polygon[-1:], size - len(polygon), axis=0)])
 
 
-def answer(table: ObsCoreTable, query: Sia2Query, base: str, descriptors: Callable[[str], str]) -> str:
-    """The VOTable answering a query: the ObsCore rows, OVERFLOW past MAXREC, and the service descriptors."""
+def answer(table: ObsCoreTable, query: Sia2Query, base: str, descriptors: Callable[[str], str],
+           remote: Sequence[str] = (), failures: Sequence[str] = (), remote_overflow: bool = False) -> str:
+    """The VOTable answering a query: the ObsCore rows (the archive's, then ``remote`` rows of remote
+    collections), OVERFLOW past MAXREC, an INFO per remote collection that did not answer (``failures``),
+    and the service descriptors."""
     found = matching(table, query)
-    limit = query.maxrec if query.maxrec is not None else len(found)
+    limit = query.maxrec if query.maxrec is not None else len(found) + len(remote)
     rows = found[:limit]
-    overflow = len(found) > limit
-    message = (f"the answer stops at MAXREC={limit} of {len(found)} matching images" if overflow else "")
+    extra = list(remote[:max(0, limit - len(found))])
+    overflow = len(found) + len(remote) > limit or remote_overflow
+    total = f"{len(found) + len(remote)}{' or more' if remote_overflow else ''}"
+    message = (f"the answer stops at MAXREC={limit} of {total} matching images" if overflow else "")
     return (HEAD + '<RESOURCE type="results">\n'
             + "<DESCRIPTION>siasync SIA 2.0: archive images in the ObsCore model; access_url is each image's "
-              "DataLink document</DESCRIPTION>\n"
+              "DataLink document (a remote collection's: the remote's own link)</DESCRIPTION>\n"
             + status("OK") + info("standardID", STANDARD_ID)
+            + "".join(f'<INFO name="REMOTE" value="unavailable">{escape(text)}</INFO>\n' for text in failures)
             + "<TABLE>\n" + "".join(c.field() for c in COLUMNS) + "<DATA><TABLEDATA>\n"
-            + with_base("".join(table.rows[i] for i in rows), base)
+            + with_base("".join(table.rows[i] for i in rows), base) + "".join(extra)
             + "</TABLEDATA></DATA>\n</TABLE>\n"
             + (status("OVERFLOW", message) if overflow else "")
             + "</RESOURCE>\n" + descriptors(base) + TAIL)

@@ -59,7 +59,8 @@ async def _form_again(request: Request, exc: ServiceError) -> tuple[str, dict[st
         values = form_values(raw)
         if any(name.upper() == "UPLOAD" for name in parts):
             values.setdefault("UPLOAD", []).append("")
-        return "index.html", landing_context(state.index, state.settings, state.picture, values, exc)
+        return "index.html", landing_context(state.index, state.settings, state.picture, values, exc,
+                                             state.remotes)
     if handler == "list_jobs" and isinstance(exc, UsageError):
         raw = (await job_input(request))[0]
         jobs = await state.service.list(state.authenticator.owner(request.headers))

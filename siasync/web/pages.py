@@ -14,6 +14,7 @@ from cutout.index import ArchiveIndex
 from cutout.mosaic import COMBINES, PROJECTIONS
 from cutout.sky import Intersect
 from siasync.errors import ServiceError, UsageError
+from siasync.remote.catalog import RemoteCatalog
 from siasync.settings import Settings
 from siasync.uws.params import JOB_PARAMETERS
 from siasync.vocabulary import FORMATS, MODES
@@ -35,13 +36,19 @@ class ArchivePicture:
 
 
 def landing_context(index: ArchiveIndex, settings: Settings, picture: ArchivePicture,
-                    values: dict[str, list[str]] | None = None, error: UsageError | None = None) -> dict[str, Any]:
-    """The landing page: the archive, and the job form (with the values and the error of a refused submission)."""
+                    values: dict[str, list[str]] | None = None, error: UsageError | None = None,
+                    remotes: RemoteCatalog | None = None) -> dict[str, Any]:
+    """The landing page: the archive and its remote collections, and the job form (with the values and the error
+    of a refused submission)."""
     counts: dict[tuple[str, str], int] = {}
     for record in index.records:
         counts[record.collection, record.band] = counts.get((record.collection, record.band), 0) + 1
-    return {"counts": sorted(counts.items()), "images": len(index), "collections": index.collections,
-            "bands": index.bands, "formats": list(FORMATS), "intersects": [m.value for m in Intersect],
+    specs = [remotes.specs[name] for name in remotes.names] if remotes else []
+    return {"counts": sorted(counts.items()), "images": len(index), "collections": index.collections
+            + [spec.name for spec in specs], "bands": sorted(set(index.bands) | (remotes.bands if remotes else set())),
+            "remotes": [{"name": spec.name, "what": spec.describe(), "bands": ", ".join(spec.all_bands),
+                         "title": spec.title} for spec in specs],
+            "formats": list(FORMATS), "intersects": [m.value for m in Intersect],
             "modes": list(MODES), "projections": list(PROJECTIONS), "combines": list(COMBINES),
             "max_size": settings.max_size_deg, "max_fields": settings.max_fields, "values": values or {},
             "error": form_error(error), "form_params": FORM_PARAMETERS, "sky_text": picture.text,
@@ -71,9 +78,9 @@ class Pages(Controller):
 
     @get("/", summary="Landing page", include_in_schema=False)
     async def landing(self, index: NamedDependency[ArchiveIndex], settings: NamedDependency[Settings],
-                      picture: NamedDependency[ArchivePicture]) -> Template:
+                      picture: NamedDependency[ArchivePicture], remotes: NamedDependency[RemoteCatalog]) -> Template:
         return Template(template_name="index.html", media_type="text/html",
-                        context=landing_context(index, settings, picture))
+                        context=landing_context(index, settings, picture, remotes=remotes))
 
     @get("/sky.svg", summary="The archive's footprints on the sky (SVG)", include_in_schema=False)
     async def sky(self, request: Request, picture: NamedDependency[ArchivePicture]) -> Response:
