@@ -19,6 +19,7 @@ the file, the collection and the key (`RemoteConfigError`).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import tomllib
@@ -216,6 +217,9 @@ def _spec(name: str, table: dict[str, Any], where: str) -> RemoteSpec:
     if client not in CLIENTS[protocol]:
         raise RemoteConfigError(f"{where} client: {client!r} cannot reach a {protocol} service; expected "
                                 f"{' or '.join(CLIENTS[protocol])}")
+    package = client.partition(".")[0]
+    if importlib.util.find_spec(package) is None:
+        raise RemoteConfigError(f"{where} client: {client} is not installed here (pip install {package})")
     if "url" not in values:
         if protocol != "hips2fits":
             raise RemoteConfigError(f"{where} url: required: the service's URL")

@@ -118,3 +118,17 @@ def test_the_server_does_not_start_with_a_bad_file(tmp_path: Path, demo_archive:
     (archive / REMOTES_FILE).write_text('[X]\nprotocol = "sia2"\nurl = "http://x.org"\nretries = -1\n')
     assert main(["serve", "--archive", str(archive), "--state-dir", str(tmp_path / "state")]) == 2
     assert "[X] retries: must be between 0 and 10, got -1" in capsys.readouterr().err
+
+
+def test_a_client_that_is_not_installed_is_refused_naming_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing client library stops the server at start, not each query later with no rows."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "astroquery" else find_spec(name, *a))
+    with pytest.raises(RemoteConfigError) as caught:
+        parse_remotes(tomllib.loads(GOOD), "remotes.toml")
+    assert "[IRSA-WISE] client: astroquery.ipac.irsa is not installed here (pip install astroquery)" \
+        in str(caught.value)
+    assert parse_remotes(tomllib.loads(GOOD.split("[IRSA-WISE]")[0]), "remotes.toml")  # pyvo alone is here
