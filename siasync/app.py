@@ -35,8 +35,8 @@ from siasync.vo.archive import ArchiveFiles
 from siasync.vo.obscore import Datasets, ObsCoreTable
 from siasync.vo.routes import Archive, DataLinks, Sia2, SodaSync, SyncSia, Vosi
 from siasync.vo.service import VoService
-from siasync.vo.soda import parse_async
 from siasync.vo.sia import SiaService
+from siasync.vo.soda import parse_async
 from siasync.web.head import HeadAsGet
 from siasync.web.html_errors import error_page, wants_page
 from siasync.web.http import TEXT
@@ -44,6 +44,7 @@ from siasync.web.job_page import JobPage
 from siasync.web.job_routes import JobPages
 from siasync.web.pages import ArchivePicture, Pages
 from siasync.web.reference import ReferencePage
+from siasync.web.security import BrowserGuard, HostPolicy
 from siasync.web.static import filesize, static_files, when
 from storage.browse import JobBrowser
 from storage.files import ResultFiles
@@ -209,7 +210,8 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,  # the command line configures logging (siasync.cli.log_config); Litestar keeps out
         debug=False,
     )
-    app.asgi_handler = HeadAsGet(app.asgi_handler)  # HEAD on every GET resource, with GET's headers
+    # HEAD on every GET resource, with GET's headers; allowed hosts, no cross-site changes, safety headers
+    app.asgi_handler = BrowserGuard(HeadAsGet(app.asgi_handler), HostPolicy(settings))
     return app
 
 

@@ -13,6 +13,7 @@ from siasync.uws.events import job_events, last_event_id
 from siasync.uws.jobs import PHASES, JobService
 from siasync.uws.representations import iso, job_path, jobs_json, jobs_xml, owner_id, parameters_xml
 from siasync.uws.table import table_response
+from siasync.uws.uploads import CSV
 from siasync.web.download import file_response
 from siasync.web.http import (
     HTML,
@@ -43,6 +44,7 @@ from siasync.web.openapi import (
     Param,
     documented,
 )
+from siasync.web.security import SANDBOX_CSP
 from siasync.web.table_page import response_format
 from storage.table import MIME as VOTABLE
 
@@ -213,7 +215,10 @@ class AsyncJobs(Controller):
          operation_class=documented(answers=("text/csv", "application/x-votable+xml"), errors=_SEEN))
     async def get_upload(self, service: Service, owner: Owner, job_id: FromPath[str], name: FromPath[str]) -> Response:
         mime_type, data = await service.upload(job_id, owner, name)
-        return Response(data, media_type=mime_type)
+        # a client's own bytes: saved, never shown by a browser (a VOTable may hold script for an XML viewer)
+        saved = f'attachment; filename="{name}.{"csv" if mime_type == CSV else "xml"}"'
+        return Response(data, media_type=mime_type,
+                        headers={"Content-Security-Policy": SANDBOX_CSP, "Content-Disposition": saved})
 
     @post(JOB + "/parameters", summary="Change parameters while PENDING", status_code=303,
           operation_class=documented(*JOB_PARAMS, body=True, answers=(), errors=_CHANGED, file=True))
