@@ -23,6 +23,7 @@ from litestar.template import TemplateConfig
 from cutout.index import ArchiveIndex
 from siasync import __version__
 from siasync.auth import Authenticator
+from siasync.cpu import CpuPool
 from siasync.errors import ServiceError, Unavailable, UsageError
 from siasync.settings import Settings
 from siasync.staging.pool import cancel_all, make_pool
@@ -37,6 +38,7 @@ from siasync.vo.routes import Archive, DataLinks, Sia2, SodaSync, SyncSia, Vosi
 from siasync.vo.service import VoService
 from siasync.vo.sia import SiaService
 from siasync.vo.soda import parse_async
+from siasync.web.body import ParamLimits
 from siasync.web.head import HeadAsGet
 from siasync.web.html_errors import error_page, wants_page
 from siasync.web.http import TEXT
@@ -100,7 +102,8 @@ def create_app(settings: Settings) -> Litestar:
         store = await JobStore.open(settings.database, origin=runners_id)
         runners = Runners(store, settings.executor, settings.lease_s, runners_id)
         files = ResultFiles(settings.state_dir / "results")
-        service = JobService(store, files, limits_for(settings, index), settings.wait_max_s, index)
+        cpu = CpuPool(settings.cpu_threads, settings.cpu_queue, settings.cpu_timeout_s)
+        service = JobService(store, files, limits_for(settings, index), settings.wait_max_s, index, cpu)
         store.subscribe(service.changed)
         listener = None
         if store.postgres:
@@ -145,7 +148,8 @@ def create_app(settings: Settings) -> Litestar:
 
         app.state.update(index=index, service=service, authenticator=Authenticator(settings), sia=sync, vo=vo,
                          up_since=datetime.now(UTC), health=health, settings=settings, picture=picture,
-                         job_page=JobPage(JobBrowser(store.engine), index))
+                         job_page=JobPage(JobBrowser(store.engine), index), cpu=cpu,
+                         param_limits=ParamLimits(settings.max_params, settings.max_param_bytes))
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
         # collector no longer walks it, and a full collection takes a few ms instead of the 100-150 ms for
         # which it stalled every request on the event loop (bench/staging_bench.py, the poll p99)
@@ -159,6 +163,7 @@ def create_app(settings: Settings) -> Litestar:
             if listener is not None:
                 await listener.close()
             await store.close()
+            cpu.close()
             guard.release()
 
     def owner(request: Request, state: State) -> str:

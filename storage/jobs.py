@@ -100,6 +100,23 @@ class Job:
     runner: str | None = None
 
 
+#: the progress figures a job list shows, from `Job.info`
+_SUMMARY = ("fields_done", "fields_total", "products", "bytes")
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a job list shows of a job: its id, owner, label, phase, creation and progress (`_SUMMARY`)."""
+
+    id: str
+    owner: str
+    run_id: str | None
+    phase: str
+    creation_time: datetime
+    #: the progress figures of `Job.info` a list shows (each 0 when the job has none yet)
+    info: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Result:
     """One staged result of a job."""
@@ -347,10 +364,17 @@ class JobStore:
 
     async def list(self, owner: str | None, phases: Iterable[str] | None = None, after: datetime | None = None,
                    last: int | None = None, id_prefix: str | None = None,
-                   exclude_prefix: str | None = None) -> list[Job]:
+                   exclude_prefix: str | None = None) -> list[JobSummary]:
         """Jobs newest first, filtered by owner (None: all), phase, creation time, and the start of their ids
-        (``id_prefix``: only ids starting so; ``exclude_prefix``: none of them)."""
-        query = select(JobRow).order_by(JobRow.creation_time.desc(), JobRow.id.desc())
+        (``id_prefix``: only ids starting so; ``exclude_prefix``: none of them).
+
+        Only what a job list shows is read (`JobSummary`): never a job's positions or parameters, which
+        for a big job are megabytes to decode.
+        """
+        info = JobRow.info
+        query = (select(JobRow.id, JobRow.owner, JobRow.run_id, JobRow.phase, JobRow.creation_time,
+                        *(info[key].as_float() for key in _SUMMARY))
+                 .order_by(JobRow.creation_time.desc(), JobRow.id.desc()))
         if id_prefix is not None:
             query = query.where(JobRow.id.startswith(id_prefix, autoescape=True))
         if exclude_prefix is not None:
@@ -364,7 +388,8 @@ class JobStore:
         if last is not None:
             query = query.limit(last)
         async with self.sessions() as s:
-            return [_job(r) for r in (await s.execute(query)).scalars()]
+            return [JobSummary(*row[:5], {key: int(v or 0) for key, v in zip(_SUMMARY, row[5:], strict=True)})
+                    for row in (await s.execute(query)).all()]
 
     async def transition(self, job_id: str, from_phases: Sequence[str], to_phase: str, *,
                          admit: Admission | None = None, owner: str = "", **changes: Any) -> bool:

@@ -14,6 +14,9 @@ only the new results, not the whole list again.
 
 Each document carries a strong ETag, a digest of its bytes computed once per render,
 so a poller sending ``If-None-Match`` is answered 304 for as long as the job is unchanged.
+
+A big job's document (thousands of parameters or results) is rendered in the `siasync.cpu.CpuPool`,
+off the event loop; so are the result elements of a big batch of new results.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from typing import Any
 
 import msgspec
 
+from siasync.cpu import CpuPool
 from siasync.uws.representations import TABLE_RESULT, job_json, job_xml, result_json, result_xml, results_xml
 from storage.jobs import Job, JobStore
 
 MAX_ENTRIES = 256
+#: parameters or new results beyond which rendering goes to the CPU pool (below, a thread costs more than it saves)
+BIG = 1000
 
 
 @dataclass(frozen=True)
@@ -64,30 +70,41 @@ class _Listing:
 class JobDocuments:
     """A bounded cache of rendered job documents: UWS XML, JSON and the results list."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, cpu: CpuPool | None = None) -> None:
         self.store = store
+        #: where big documents are rendered (None: on the event loop)
+        self.cpu = cpu
         self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._listings: OrderedDict[tuple[str, str, str], _Listing] = OrderedDict()
 
+    async def _off_loop(self, big: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``: in the CPU pool when ``big``, else here."""
+        if big and self.cpu is not None:
+            return await self.cpu.run("rendering the job", fn, *args)
+        return fn(*args)
+
     async def xml(self, job: Job, base: str) -> Document:
         """The UWS XML of the job."""
         async def render() -> bytes:
-            return job_xml(job, await self._results_xml(job, base), base)
+            results = await self._results_xml(job, base)
+            return await self._off_loop(len(job.parameters) > BIG or job.last_seq > BIG, _document, job_xml, job,
+                                        results, base)
         return await self._get(job, base, "xml", render)
 
     async def json(self, job: Job, base: str) -> Document:
         """The JSON form of the job, encoded."""
         async def render() -> bytes:
             table = [result_json(job.id, TABLE_RESULT, base)] if job.start_time is not None else []
-            return msgspec.json.encode(job_json(job, table + await self._listed(job.id, base, "json", result_json),
-                                                base))
+            listed = table + await self._listed(job.id, base, "json", result_json)
+            return await self._off_loop(len(job.parameters) > BIG or len(listed) > BIG, _document,
+                                        lambda: msgspec.json.encode(job_json(job, listed, base)))
         return await self._get(job, base, "json", render)
 
     async def results(self, job: Job, base: str) -> Document:
         """The UWS results list of the job."""
         async def render() -> bytes:
-            return results_xml(await self._results_xml(job, base))
+            return await self._off_loop(job.last_seq > BIG, _document, results_xml, await self._results_xml(job, base))
         return await self._get(job, base, "results", render)
 
     async def _results_xml(self, job: Job, base: str) -> str:
@@ -106,7 +123,8 @@ class JobDocuments:
         self._listings.move_to_end(key)
         async with listing.lock:
             while new := await self.store.results(job_id, after=listing.seq, limit=10_000):
-                listing.parts.extend(render(job_id, r, base) for r in new)
+                listing.parts.extend(await self._off_loop(len(new) > BIG, lambda n=new: [render(job_id, r, base)
+                                                                                           for r in n]))
                 listing.seq = new[-1].seq
         return listing.parts
 
@@ -115,7 +133,7 @@ class JobDocuments:
         """Whether a rendered document shows the job as it is now: the same version of it."""
         return entry is not None and entry.job.version == job.version and entry.job == job
 
-    async def _get(self, job: Job, base: str, kind: str, render: Callable[[], Awaitable[bytes]]) -> Document:
+    async def _get(self, job: Job, base: str, kind: str, render: Callable[[], Awaitable[Document]]) -> Document:
         key = (job.id, base, kind)
         entry = self._entries.get(key)
         if self._fresh(entry, job):
@@ -125,10 +143,15 @@ class JobDocuments:
         async with lock:
             entry = self._entries.get(key)
             if not self._fresh(entry, job):
-                entry = _Entry(job, Document.of(await render()))
+                entry = _Entry(job, await render())
                 self._entries[key] = entry
                 self._entries.move_to_end(key)
                 while len(self._entries) > MAX_ENTRIES:
                     old, _ = self._entries.popitem(last=False)
                     self._locks.pop(old, None)
         return entry.document
+
+
+def _document(fn: Callable[..., bytes], *args: Any) -> Document:
+    """The document ``fn(*args)`` renders, with its ETag (a digest of megabytes: with the rendering, off the loop)."""
+    return Document.of(fn(*args))

@@ -17,9 +17,11 @@ from typing import Protocol
 
 from cutout.index import ArchiveIndex
 from cutout.sky import Intersect
+from siasync.cpu import CpuPool
 from siasync.errors import NotFound, PermissionDenied, Unavailable, UsageError
 from siasync.uws.documents import JobDocuments
 from siasync.uws.params import (
+    JOB_PARAMETERS,
     JobControl,
     Limits,
     RawParams,
@@ -33,6 +35,7 @@ from siasync.uws.params import (
 )
 from siasync.uws.representations import SODA_PREFIX
 from siasync.uws.uploads import Upload, resolve
+from siasync.vo.soda import JOB_PARAMETERS as SODA_PARAMETERS
 from siasync.vocabulary import PHASES
 from storage.files import ResultFiles
 from storage.jobs import PHASE, RESULTS, UPDATED, Job, JobStore, Result
@@ -44,6 +47,8 @@ ACTIVE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
 RUNNABLE = ("PENDING", "HELD")
 #: phases from which PHASE=ABORT is accepted
 ABORTABLE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
+#: parameter values beyond which a job's parameters are parsed in the CPU pool
+BIG_INPUT = 1000
 #: the largest integer a query may carry (SQLite's and PostgreSQL's BIGINT)
 _LARGEST_INTEGER = 2**63 - 1
 
@@ -110,7 +115,7 @@ class JobService:
     """Everything a client can do to jobs, with the rules of UWS 1.1."""
 
     def __init__(self, store: JobStore, files: ResultFiles, limits: Limits, wait_max_s: int,
-                 index: ArchiveIndex | None = None) -> None:
+                 index: ArchiveIndex | None = None, cpu: CpuPool | None = None) -> None:
         self.store = store
         #: the sky index, for cost estimates (None: jobs get no estimate)
         self.index = index
@@ -120,8 +125,10 @@ class JobService:
         self.watch = PhaseWatch()
         #: woken when a job registers new results (Server-Sent Events)
         self.results_watch = PhaseWatch()
+        #: where uploads are parsed and big documents rendered, off the event loop (None: in asyncio's threads)
+        self.cpu = cpu
         #: rendered job documents shared by pollers
-        self.documents = JobDocuments(store)
+        self.documents = JobDocuments(store, cpu)
         self.executor: Executor | None = None
         #: the parameters of a SODA job (``/soda/async``): what it stages and its UWS settings (None: no SODA jobs)
         self.soda: Callable[[RawParams], tuple[StagingRequest, JobControl]] | None = None
@@ -204,8 +211,9 @@ class JobService:
         """
         parts = parts or {}
         uploads = []
+        raw = known_parameters(raw, kind)  # unknown ones are ignored (DALI): neither stored nor shown
         if kind == "soda":
-            request, control = self._parse_soda(raw)
+            request, control = await self._parse_soda(raw)
         else:
             raw = _with_inline_upload(raw, parts)
             uploads = await resolve([v for n, v in raw if n == "UPLOAD"], parts, self.limits.upload_urls)
@@ -316,10 +324,11 @@ class JobService:
         if job.phase not in RUNNABLE:
             raise PermissionDenied(f"cannot change the parameters of job {job_id} in phase {job.phase}")
         parts = parts or {}
+        raw = known_parameters(raw, "soda" if job_id.startswith(SODA_PREFIX) else "sia")
         if job_id.startswith(SODA_PREFIX):  # a SODA job's values replace those of the names given
             names = {name for name, _ in raw}
             merged = [tuple(p) for p in job.parameters if p[0] not in names] + list(raw)
-            request, control = self._parse_soda(merged)
+            request, control = await self._parse_soda(merged)
             await self._update_parameters(job, merged, names, request, control)
             return
         raw = _with_inline_upload(raw, parts)
@@ -348,16 +357,20 @@ class JobService:
         if not updated:
             raise PermissionDenied(f"job {job.id} left phase PENDING")
 
-    def _parse_soda(self, raw: RawParams) -> tuple[StagingRequest, JobControl]:
+    async def _parse_soda(self, raw: RawParams) -> tuple[StagingRequest, JobControl]:
         if self.soda is None:
             raise NotFound("this service stages no SODA jobs")
-        return self.soda(raw)
+        if len(raw) <= BIG_INPUT or self.cpu is None:
+            return self.soda(raw)
+        return await self.cpu.run("request", self.soda, raw)
 
     async def _parse(self, raw: RawParams, uploads: list[Upload]) -> tuple[StagingRequest, JobControl]:
-        """`parse_job`, off the event loop when there are tables to read."""
-        if not uploads:
+        """`parse_job`, in the CPU pool when there are tables to read (or many values)."""
+        if not uploads and len(raw) <= BIG_INPUT:
             return parse_job(raw, self.limits)
-        return await asyncio.to_thread(parse_job, raw, self.limits, None, uploads)
+        if self.cpu is None:
+            return await asyncio.to_thread(parse_job, raw, self.limits, None, uploads)
+        return await self.cpu.run("UPLOAD" if uploads else "request", parse_job, raw, self.limits, None, uploads)
 
     async def upload(self, job_id: str, owner: str, name: str) -> tuple[str, bytes]:
         """An uploaded table of the job, as received: (MIME type, bytes)."""
@@ -435,6 +448,12 @@ class JobService:
             made += f" in {(job.end_time - job.start_time).total_seconds():.1f} s"
         why = f" ({job.error_message})" if phase in ("ABORTED", "ERROR") and job.error_message else ""
         log.log(logging.WARNING if phase == "ERROR" else logging.INFO, "job %s %s%s%s", job_id, phase, made, why)
+
+
+def known_parameters(raw: RawParams, kind: str) -> RawParams:
+    """The parameters of a job of ``kind`` (``sia`` or ``soda``) whose names it knows, in order."""
+    known = SODA_PARAMETERS if kind == "soda" else JOB_PARAMETERS
+    return [(name, value) for name, value in raw if name in known]
 
 
 def _with_inline_upload(raw: RawParams, parts: Mapping[str, tuple[str, bytes]]) -> RawParams:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree as ET
-from xml.sax.saxutils import quoteattr
 
 from cutout.index import ArchiveIndex
 from siasync.auth import ANONYMOUS
 from storage.jobs import Job, Result
 from storage.table import MIME as TABLE_MIME
+from storage.table import quoteattr, xml_safe
 
 #: the fixed result id of the growing SIAP table
 TABLE_ID = "table"
@@ -31,11 +31,13 @@ def iso(instant: datetime | None) -> str:
 
 
 def _el(parent: ET.Element, name: str, text: str | None = None, nil: bool = False, **attrs: str) -> ET.Element:
-    element = ET.SubElement(parent, f"{{{UWS}}}{name}", attrs)
+    """A UWS element; its text and attributes are made XML-safe (`storage.table.xml_safe`): they may echo
+    what a client sent or what a file held."""
+    element = ET.SubElement(parent, f"{{{UWS}}}{name}", {k: xml_safe(v) for k, v in attrs.items()})
     if nil:
         element.set(f"{{{XSI}}}nil", "true")
     elif text is not None:
-        element.text = text
+        element.text = xml_safe(text)
     return element
 
 
@@ -71,7 +73,8 @@ def jobs_xml(jobs: list[Job], base: str) -> bytes:
     """The UWS job list."""
     root = ET.Element(f"{{{UWS}}}jobs", {"version": "1.1"})
     for job in jobs:
-        ref = _el(root, "jobref", id=job.id, **{f"{{{XLINK}}}type": "simple", f"{{{XLINK}}}href": job_url(base, job.id)})
+        ref = _el(root, "jobref", id=job.id,
+                  **{f"{{{XLINK}}}type": "simple", f"{{{XLINK}}}href": job_url(base, job.id)})
         _el(ref, "phase", job.phase)
         if job.run_id is not None:
             _el(ref, "runId", job.run_id)
@@ -143,7 +146,7 @@ def job_xml(job: Job, results: str, base: str) -> bytes:
         _el(summary, "message", job.error_message)
     info = _el(root, "jobInfo")
     for key, value in job_info(job).items():
-        ET.SubElement(info, f"{{{SIASYNC}}}{key}").text = str(value)
+        ET.SubElement(info, f"{{{SIASYNC}}}{key}").text = xml_safe(str(value))
     listed = f"<uws:results>{results}</uws:results>".encode()
     return _document(root).replace(b"<uws:results />", listed, 1)
 

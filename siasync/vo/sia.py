@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from urllib.parse import quote_plus, urlencode
-from xml.sax.saxutils import escape
 
 import numpy as np
 
@@ -57,7 +56,7 @@ from siasync.uws.params import (
     products_of,
 )
 from siasync.vo.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document
-from storage.table import BASE, cell_text, render_row, with_base
+from storage.table import BASE, cell_text, escape, render_row, with_base
 
 log = logging.getLogger(__name__)
 FITS = "image/fits"
