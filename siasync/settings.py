@@ -73,7 +73,7 @@ class Settings:
     max_param_bytes: int = 8 * 1024 * 1024
     #: an uploaded table's columns (FIELDs of a VOTable, or CSV columns), and the bytes it may take in memory
     max_upload_columns: int = 1000
-    max_upload_table_bytes: int = 256 * 1024 * 1024
+    max_upload_table_bytes: int = 64 * 1024 * 1024
     #: the bounded pool of threads that parses bodies and uploads and renders big documents, apart from file I/O:
     #: its threads, the tasks that may wait for one, and the seconds a request waits for its task at most
     cpu_threads: int = 2

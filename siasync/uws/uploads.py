@@ -37,6 +37,7 @@ from astropy.io.votable import parse_single_table
 from astropy.io.votable.exceptions import VOWarning
 
 from siasync.errors import UsageError
+from siasync.uws.table_shape import check_votable
 
 #: MIME types of the two table formats
 CSV, VOTABLE = "text/csv", "application/x-votable+xml"
@@ -143,17 +144,23 @@ class _Column:
     fault: str | None = None
 
 
-def read_fields(upload: Upload, max_size_deg: float, max_rows: int) -> UploadedFields:
-    """The fields of an uploaded table.
+def read_fields(upload: Upload, max_size_deg: float, max_rows: int, max_columns: int = 1000,
+                max_table_bytes: int = 64 * 1024 * 1024) -> UploadedFields:
+    """The fields of an uploaded table, its shape checked before it is parsed: at most ``max_rows`` rows and
+    ``max_columns`` columns, and for a VOTable the limits of `siasync.uws.table_shape.check_votable`.
 
     Raises
     ------
     UsageError
-        On ``UPLOAD``, naming the table, and the row and column at fault.
+        On ``UPLOAD``, naming the table, and the row and column at fault, or the limit.
     """
     if not upload.data.strip():
         raise UsageError("UPLOAD", f"{upload.name}: the table is empty")
-    columns = _votable_columns(upload) if upload.mime_type == VOTABLE else _csv_columns(upload, max_rows)
+    if upload.mime_type == VOTABLE:
+        check_votable(upload.data, upload.name, max_rows, max_columns, max_table_bytes)
+        columns = _votable_columns(upload)
+    else:
+        columns = _csv_columns(upload, max_rows, max_columns)
     ra, dec = _find(upload, columns, "ra"), _find(upload, columns, "dec")
     size = _find(upload, columns, "size", required=False)
     rows = len(ra.values)
@@ -198,7 +205,9 @@ def _numbers(upload: Upload, column: _Column, valid: Callable[[float], bool], ex
     return out
 
 
-def _csv_columns(upload: Upload, max_rows: int) -> list[_Column]:
+def _csv_columns(upload: Upload, max_rows: int, max_columns: int) -> list[_Column]:
+    """The columns of a CSV table; only those that can be ra, dec or size keep their values (a table of
+    thousands of columns costs no more than one of three)."""
     try:
         text = upload.data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -211,18 +220,22 @@ def _csv_columns(upload: Upload, max_rows: int) -> list[_Column]:
     try:
         reader = csv.reader(lines, strict=True)
         header = [name.strip() for name in next(reader)]
-        values: list[list[str]] = [[] for _ in header]
+        if len(header) > max_columns:
+            raise UsageError("UPLOAD", f"{upload.name}: {len(header)} columns, more than the limit of {max_columns}")
+        kept = [i for i, name in enumerate(header) if name.lower() in ("ra", "dec", "size")]
+        values: dict[int, list[str]] = {i: [] for i in kept}
         for row_number, row in enumerate(reader, 1):
             if len(row) != len(header):
+                shown = ", ".join(header) if len(header) <= 20 else ", ".join(header[:20]) + ", ..."
                 raise UsageError("UPLOAD", f"{upload.name}: row {row_number} has {len(row)} values; the header "
-                                           f"names {len(header)} columns ({', '.join(header)})")
+                                           f"names {len(header)} columns ({shown})")
             if row_number > max_rows:
                 raise UsageError("UPLOAD", f"{upload.name}: more than {max_rows} rows, the limit of fields")
-            for column, value in zip(values, row, strict=True):
-                column.append(value)
+            for i in kept:
+                values[i].append(row[i])
     except csv.Error as exc:
         raise UsageError("UPLOAD", f"{upload.name}: not a valid CSV table: {exc}") from None
-    return [_Column(name, column) for name, column in zip(header, values, strict=True)]
+    return [_Column(name, values.get(i, ())) for i, name in enumerate(header)]
 
 
 def _votable_columns(upload: Upload) -> list[_Column]:

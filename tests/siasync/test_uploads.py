@@ -237,3 +237,64 @@ def test_the_html_form_posts_an_upload_and_ignores_an_empty_file_input(client) -
     without = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01"},
                           files={"UPLOAD": ("", b"", "application/octet-stream")}, follow_redirects=False)
     assert without.status_code == 303, without.text
+
+
+def _vot(fields: str, table: str = "", rows: str = "<TR><TD>150.1</TD><TD>2.2</TD></TR>", before: str = "") -> bytes:
+    return (f'<?xml version="1.0"?>\n{before}<VOTABLE version="1.3" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">'
+            f'<RESOURCE><TABLE{table}><FIELD name="ra" datatype="double"/><FIELD name="dec" datatype="double"/>'
+            f"{fields}<DATA>{rows}</DATA></TABLE></RESOURCE></VOTABLE>").encode()
+
+
+BOMBS = [
+    # astropy's parse time grows with the square of the FIELDs: 40,000 of them took 149 s
+    ("40,000 FIELDs", _vot("".join(f'<FIELD name="c{i}" datatype="double"/>' for i in range(40_000)),
+                           rows="<TABLEDATA/>"), "more than 1000 FIELDs, the limit of columns"),
+    # astropy allocates the declared rows, and fixed arrays, before it reads one
+    ("nrows of 200 million", _vot("", ' nrows="200000000"', "<TABLEDATA><TR><TD>1</TD><TD>2</TD></TR></TABLEDATA>"),
+     "the TABLE declares nrows=200000000, more than the limit of 100000 rows"),
+    ("an array of 50 million doubles", _vot('<FIELD name="x" datatype="double" arraysize="50000000"/>',
+                                            rows="<TABLEDATA><TR><TD>1</TD><TD>2</TD><TD/></TR></TABLEDATA>"),
+     "one row of the FIELDs declared takes 400000016 bytes, more than the limit"),
+    ("an array of 10x5000000 strings", _vot('<FIELD name="x" datatype="char" arraysize="10x50000000"/>'),
+     "one row of the FIELDs declared takes 500000016 bytes"),
+    ("a bad arraysize", _vot('<FIELD name="x" datatype="char" arraysize="-1"/>'), "arraysize '-1' is not sizes"),
+    # astropy fetches a STREAM href, file: URLs included: the server's own files, or its network
+    ("a STREAM of a local file", _vot("", rows='<BINARY><STREAM href="file:///etc/passwd"/></BINARY>'),
+     "its data is elsewhere (STREAM href)"),
+    ("a STREAM of a URL", _vot("", rows='<BINARY2><STREAM href="http://169.254.169.254/latest"/></BINARY2>'),
+     "its data is elsewhere (STREAM href)"),
+    ("the FITS serialization", _vot("", rows='<FITS><STREAM href="file:///etc/hosts"/></FITS>'),
+     "the FITS serialization refers to a file elsewhere"),
+    ("entities", _vot("", before='<!DOCTYPE VOTABLE [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>\n'),
+     "the document declares entities"),
+    ("deep nesting", _vot("", rows="<TABLEDATA>" + "<TR>" * 100 + "</TR>" * 100 + "</TABLEDATA>"),
+     "elements nested more than 32 deep"),
+]
+
+
+@pytest.mark.parametrize(("data", "words"), [b[1:] for b in BOMBS], ids=[b[0] for b in BOMBS])
+def test_a_votable_whose_shape_is_a_bomb_is_refused_before_astropy_reads_it(data: bytes, words: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("astropy was asked to parse the table")
+
+    monkeypatch.setattr("siasync.uws.uploads.parse_single_table", never)
+    with pytest.raises(UsageError) as refused:
+        read_fields(Upload("bomb", VOTABLE, data), max_size_deg=1.0, max_rows=100_000)
+    assert refused.value.param == "UPLOAD" and str(refused.value).startswith("UPLOAD: bomb: "), str(refused.value)
+    assert words in str(refused.value)
+
+
+def test_a_votable_with_an_inline_binary_stream_and_variable_arrays_is_read() -> None:
+    """What the shape check lets through: data inline (BINARY2), variable arrays (``*``) and a DOCTYPE naming the
+    VOTable DTD by reference, as old VOTables do."""
+    import base64
+    import struct
+
+    stream = base64.b64encode(b"".join(b"\x00" + struct.pack(">dd", 150.1 + i / 100, 2.2) + struct.pack(">i", 1)
+                                       + b"x" for i in range(3))).decode()
+    data = _vot('<FIELD name="label" datatype="char" arraysize="*"/>',
+                rows=f'<BINARY2><STREAM encoding="base64">{stream}</STREAM></BINARY2>',
+                before='<!DOCTYPE VOTABLE SYSTEM "http://us-vo.org/xml/VOTable.dtd">\n')
+    fields = read_fields(Upload("t", VOTABLE, data), max_size_deg=1.0, max_rows=10)
+    assert fields.positions == [(150.1 + i / 100, 2.2) for i in range(3)]
