@@ -78,6 +78,9 @@ RECORD_EVERY = 2.0
 CLAIM_EVERY = 2.0
 #: seconds between looks at whether a lost executor is back
 EXECUTOR_CHECK = 0.5
+#: what a job's creation put in its jobInfo, which its progress keeps: the estimates (pairs and bytes, which
+#: order the jobs and hold the owner's quotas) and the bytes of its uploaded tables
+ESTIMATES = ("cost", "output_bytes", "upload_bytes")
 
 
 @dataclass
@@ -91,8 +94,8 @@ class Progress:
     pairs: int = 0
     empty_fields: list[int] = field(default_factory=list)
     empty_count: int = 0
-    #: the estimate made at creation, in (field, image) pairs
-    cost: int | None = None
+    #: what creation estimated and measured (`ESTIMATES`), kept as it was
+    estimates: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     _recent: deque = field(default_factory=lambda: deque(maxlen=64))
     _written: float = 0.0
@@ -110,9 +113,8 @@ class Progress:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def as_info(self) -> dict:
-        cost = {} if self.cost is None else {"cost": self.cost}
-        return {"fields_total": self.fields_total, **cost, "fields_done": self.fields_done, "products": self.products,
-                "bytes": self.bytes, "pairs_done": self.pairs, "rate": round(self.rate(), 2),
+        return {"fields_total": self.fields_total, **self.estimates, "fields_done": self.fields_done,
+                "products": self.products, "bytes": self.bytes, "pairs_done": self.pairs, "rate": round(self.rate(), 2),
                 "empty_fields": self.empty_fields, "empty_count": self.empty_count, "warnings": self.warnings}
 
 
@@ -409,8 +411,8 @@ class Scheduler:
 
     async def _stage(self, job: Job) -> None:
         request = staging_request(job)
-        progress = Progress(len(request.positions), **{k: job.info[k] for k in ("products", "bytes", "cost")
-                                                       if k in job.info})
+        progress = Progress(len(request.positions), **{k: job.info[k] for k in ("products", "bytes") if k in job.info},
+                            estimates={k: job.info[k] for k in ESTIMATES if k in job.info})
         outstanding: dict[int, int] = {}  # field index -> batches of it still in flight
         planned_to = -1  # every field up to here has been planned
         in_flight: dict[asyncio.Future, tuple[BatchTask, int]] = {}

@@ -165,7 +165,8 @@ def parameters_xml(job: Job, base: str) -> bytes:
 def job_info(job: Job) -> dict[str, Any]:
     """The service facts shown in jobInfo: progress, deferred start, warnings."""
     info: dict[str, Any] = {}
-    for key in ("fields_total", "cost", "fields_done", "pairs_done", "products", "bytes", "rate", "empty_count"):
+    for key in ("fields_total", "cost", "output_bytes", "fields_done", "pairs_done", "products", "bytes", "rate",
+                "empty_count"):
         if key in job.info:
             info[key] = job.info[key]
     if job.start_after is not None:

@@ -141,31 +141,27 @@ def test_a_cutout_at_the_largest_size_has_at_most_its_parents_pixels(client) -> 
 
 
 def test_active_jobs_and_queued_fields_per_owner_are_refused_naming_the_limit(client) -> None:
-    """Bob's QUEUED jobs (deferred, so they never start) count against his limits, not Alice's."""
+    """Bob's unfinished jobs, PENDING ones included, count against his limits, not Alice's."""
     first = client.post("/async", data={"POS": positions(QUEUED - 10), "SIZE": "0.01", **LATER}, headers=BOB,
                         follow_redirects=False)
     assert first.status_code == 303, first.text
-    fields = client.post("/async", data={"POS": positions(11), "SIZE": "0.01", **LATER}, headers=BOB,
-                         follow_redirects=False)
+    fields = client.post("/async", data={"POS": positions(11), "SIZE": "0.01"}, headers=BOB, follow_redirects=False)
     assert fields.status_code == 400, fields.text
-    assert fields.text.startswith(f"UsageError: PHASE: bob has {QUEUED - 10} fields queued or executing; 11 more "
-                                  f"would exceed the limit of {QUEUED}"), fields.text
-    second = client.post("/async", data={"POS": positions(10), "SIZE": "0.01", **LATER}, headers=BOB,
-                         follow_redirects=False)
-    assert second.status_code == 303, second.text  # exactly at the field limit
-    third = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01", **LATER}, headers=BOB,
-                        follow_redirects=False)
+    assert fields.text.startswith(f"UsageError: OWNER_QUEUED_FIELDS: bob has {QUEUED - 10} fields in unfinished "
+                                  f"jobs; 11 more would exceed the limit of {QUEUED}"), fields.text
+    pending = client.post("/async", data={"POS": positions(10), "SIZE": "0.01"}, headers=BOB, follow_redirects=False)
+    assert pending.status_code == 303, pending.text  # exactly at the field limit, and at the job limit
+    third = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01"}, headers=BOB, follow_redirects=False)
     assert third.status_code == 400
-    assert third.text.startswith(f"UsageError: PHASE: bob already has {ACTIVE} jobs queued or executing, the limit")
-    pending = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01"}, headers=BOB, follow_redirects=False)
-    assert pending.status_code == 303  # a PENDING job is not active: it may be made, not run
+    assert third.text.startswith(f"UsageError: OWNER_ACTIVE_JOBS: bob already has {ACTIVE} unfinished jobs "
+                                 f"(pending, queued or executing), the limit of {ACTIVE}"), third.text
     run = client.post(pending.headers["location"] + "/phase", data={"PHASE": "RUN"}, headers=BOB,
                       follow_redirects=False)
-    assert run.status_code == 400 and "the limit" in run.text
+    assert run.status_code == 303, run.text  # its slot was taken when it was made
     alices = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01", **LATER}, headers=ALICE,
                          follow_redirects=False)
     assert alices.status_code == 303  # Alice has limits of her own
-    for response in (first, second, pending, alices):
+    for response in (first, pending, alices):
         client.delete(response.headers["location"], headers=ALICE if response is alices else BOB)
 
 
