@@ -521,14 +521,14 @@ class Scheduler:
         Returns the first fatal message among them, if any.
         """
         outcomes = [o for _, batch_outcomes in completed for o in batch_outcomes]
-        written = [name for o in outcomes for name, _, _ in o.products]
+        written = [name for o in outcomes for name, *_ in o.products]
         if job_id in self._lost:  # another server runs the job now, and makes (or made) the same files
             return None
         if job_id in self._cancelled:
             await asyncio.to_thread(_delete_files, self.service.files, job_id, written)
             return None
-        products = [Product(name, size, mime, {"field": o.field_index, "image": o.image_id})
-                    for o in outcomes for name, size, mime in o.products]
+        products = [Product(name, size, mime, {"field": o.field_index, "image": o.image_id, "sha256": digest})
+                    for o in outcomes for name, size, mime, digest in o.products]
         rows = [TableRow(o.field_index, o.image_id, name, row) for o in outcomes for name, row in o.rows]
         if products or rows:
             try:

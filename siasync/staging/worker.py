@@ -11,6 +11,7 @@ lifetime, and exits when the server process that started it is gone.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 import time
@@ -171,11 +172,11 @@ class BatchTask:
 
 @dataclass
 class PairOutcome:
-    """What became of a pair: products written (id, size, MIME) and their table rows."""
+    """What became of a pair: products written (id, size, MIME, SHA-256 in hex) and their table rows."""
 
     field_index: int
     image_id: str
-    products: list[tuple[str, int, str]] = field(default_factory=list)
+    products: list[tuple[str, int, str, str]] = field(default_factory=list)
     rows: list[tuple[str | None, str]] = field(default_factory=list)
     #: "skipped" (no overlap after all), "warning" (unreadable parent), "fatal" (cannot write), "gone"
     problem: str | None = None
@@ -266,18 +267,18 @@ def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutc
         if data is None:
             continue
         name = result_name(unit.field_index, unit.unit, mime)
-        if not _write(outcome, files, task, name, data):
+        if not _write(outcome, files, task, name, data, mime):
             return outcome
         header = mosaics[0].header() if len(mosaics) == 1 else mosaics[0].grid.header()
         values = generated_metadata(header, unit.grid.shape, records, unit.field, unit.field_index, mime,
                                     len(data), name, mosaics[0].algorithm == "exact")
-        outcome.products.append((name, len(data), mime))
         outcome.rows.append((name, render_row(values, task.results_path + name)))
     return outcome
 
 
-def _write(outcome: PairOutcome, files: ResultFiles, task: BatchTask, name: str, data: bytes) -> bool:
-    """Write a product; on failure record why in ``outcome`` and return False."""
+def _write(outcome: PairOutcome, files: ResultFiles, task: BatchTask, name: str, data: bytes, mime: str) -> bool:
+    """Write a product and add it, with the SHA-256 of its bytes, to ``outcome``'s products; on failure record why
+    in ``outcome`` and return False."""
     try:
         files.write(task.job_id, name, data)
     except FileNotFoundError:
@@ -287,6 +288,7 @@ def _write(outcome: PairOutcome, files: ResultFiles, task: BatchTask, name: str,
         reason = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
         outcome.problem, outcome.message = "fatal", f"cannot write results: {reason}"
         return False
+    outcome.products.append((name, len(data), mime, hashlib.sha256(data).hexdigest()))
     return True
 
 
@@ -297,8 +299,7 @@ def _explain_miss(outcome: PairOutcome, pair: PairTask, task: BatchTask, files: 
     data = (f"Error: no data: the region of field {pair.field_index} (a box of {pair.field.width:.6g} x "
             f"{pair.field.height:.6g} deg at {pair.field.ra:.6f}, {pair.field.dec:.6f}) holds no pixel of "
             f"image {pair.record.id}: {reason}\n").encode()
-    if _write(outcome, files, task, name, data):
-        outcome.products.append((name, len(data), "text/plain"))
+    if _write(outcome, files, task, name, data, "text/plain"):
         outcome.rows.append((name, ""))
 
 
@@ -335,10 +336,8 @@ def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcom
         return outcome
     for mime, data in encoded:
         name = result_name(pair.field_index, record.id, mime)
-        if not _write(outcome, files, task, name, data):
+        if not _write(outcome, files, task, name, data, mime):
             return outcome
-        size = len(data)
-        values = cutout_metadata(record, geometry, box, pair.field, pair.field_index, mime, size, name)
-        outcome.products.append((name, size, mime))
+        values = cutout_metadata(record, geometry, box, pair.field, pair.field_index, mime, len(data), name)
         outcome.rows.append((name, render_row(values, task.results_path + name)))
     return outcome

@@ -270,7 +270,7 @@ class AsyncJobs(Controller):
     async def get_result(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str],
                          result_id: FromPath[str]) -> Response:
         result, path = await service.result_file(job_id, owner, result_id)
-        return await file_response(request, path, result.mime_type, result.result_id)
+        return await file_response(request, path, result.mime_type, result.result_id, result.meta.get("sha256"))
 
     @get(JOB + "/events", summary="Server-Sent Events: phase, progress, times and each new result",
          operation_class=documented(*EVENTS, answers=("text/event-stream",), errors=_ASKED))
