@@ -130,7 +130,7 @@ def build_coadd(task: CoaddTask, cache: ParentCache) -> tuple[list[Mosaic], list
     inputs, warnings = {}, []
     for record, path in zip(task.records, task.paths, strict=True):
         try:
-            parent = cache.get(path, record.hdu, record.id, record.path)
+            parent = cache.get(path, record.hdu, record.id, record.path, record.indexed)
             inputs.setdefault(record.band, []).append(read_input(parent, task.grid, record.band, record.mjd))
         except NoOverlapError:
             continue
@@ -314,7 +314,7 @@ def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcom
             box = record_geometry(record).box(pair.field)
             encoded = []
         else:
-            parent = _cache.get(pair.path, record.hdu, record.id, record.path)
+            parent = _cache.get(pair.path, record.hdu, record.id, record.path, record.indexed)
             piece = cut(parent, pair.field)
             ny, nx = piece.shape
             box = (piece.y0, piece.y0 + ny, piece.x0, piece.x0 + nx)

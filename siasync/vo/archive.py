@@ -34,7 +34,7 @@ PREVIEW_SIDE = 1024
 
 def preview_of(path: Path, record: ImageRecord, side: int = PREVIEW_SIDE) -> bytes:
     """A PNG of the whole image, every n-th pixel, at most ``side`` pixels across."""
-    with ParentImage(path, record.hdu, record.id, record.path) as parent:
+    with ParentImage(path, record.hdu, record.id, record.path, record.indexed) as parent:
         ny, nx = parent.shape
         step = max(1, math.ceil(max(ny, nx) / side))
         rows = [parent.physical(y, y + 1, 0, nx)[0, ::step] for y in range(0, ny, step)]

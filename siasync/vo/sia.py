@@ -430,7 +430,7 @@ def make_cutout(path: Path, record: ImageRecord, field: Field, mime: str) -> byt
         When the image cannot be cut: damaged, or not what the index says (500, with the reason).
     """
     try:
-        with ParentImage(path, record.hdu, record.id, record.path) as parent:
+        with ParentImage(path, record.hdu, record.id, record.path, record.indexed) as parent:
             piece = cut(parent, field)
             return piece.to_fits() if mime == FITS else preview_bytes(piece.data, mime)
     except NoOverlapError as exc:
