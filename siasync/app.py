@@ -67,6 +67,7 @@ def limits_for(settings: Settings, index: ArchiveIndex) -> Limits:
                   execution_default_s=settings.execution_default_s, execution_max_s=settings.execution_max_s,
                   owner_active_jobs=settings.owner_active_jobs, owner_queued_fields=settings.owner_queued_fields,
                   upload_urls=settings.upload_urls, max_output_pixels=settings.max_output_pixels,
+                  max_coadd_inputs=settings.max_coadd_inputs,
                   max_upload_columns=settings.max_upload_columns,
                   max_upload_table_bytes=settings.max_upload_table_bytes,
                   owner_upload_bytes=settings.owner_upload_bytes, max_job_bytes=settings.max_job_bytes,

@@ -67,6 +67,8 @@ class Settings:
     max_size_deg: float = 2.0
     #: pixels of one generated (MODE=mosaic or stack) image, per band
     max_output_pixels: int = 4096 * 4096
+    #: archive images co-added into one generated product (a band's mosaic, or a stack)
+    max_coadd_inputs: int = 32
     max_body_bytes: int = 16 * 1024 * 1024
     #: name=value pairs in one request (query string and body together, known names or not), and their bytes
     max_params: int = 101_000
@@ -111,7 +113,7 @@ class Settings:
             raise ValueError("auth 'token' needs a tokens_file")
         for name in ("port", "workers", "running_jobs", "owner_active_jobs", "owner_queued_fields",
                      "owner_upload_bytes", "max_job_bytes", "owner_output_bytes", "max_fields", "max_output_pixels",
-                     "max_body_bytes",
+                     "max_coadd_inputs", "max_body_bytes",
                      "max_params", "max_param_bytes", "max_upload_columns", "max_upload_table_bytes", "cpu_threads",
                      "cpu_queue", "cpu_timeout_s", "sync_coadds", "destruction_default_s", "destruction_max_s",
                      "execution_default_s", "execution_max_s", "wait_max_s", "sync_cutouts", "sia_max_records"):

@@ -393,7 +393,8 @@ class Scheduler:
         if request.mode == "cutout":
             return matches
         return [coadd_tasks(lo + i, f, records, [str(self.index.path_of(r)) for r in records], request.mode,
-                            request.grid, request.products, request.combine, request.match_background)
+                            request.grid, request.products, request.combine, request.match_background,
+                            self.service.limits.max_coadd_inputs)
                 for i, (f, records) in enumerate(zip(fields, matches, strict=True))]
 
     def quote(self, job_id: str, remaining: int, start: datetime | None = None) -> datetime | None:

@@ -94,16 +94,26 @@ class CoaddTask:
     products: tuple[str, ...]
     combine: str = "mean"
     match_background: bool = False
+    #: the most inputs it may co-add (``MAX_COADD_INPUTS``), or None for no limit
+    max_inputs: int | None = None
 
     @property
     def bands(self) -> list[str]:
         """The bands of the inputs, in `band_order`."""
         return list(dict.fromkeys(r.band for r in self.records))
 
+    def too_many_inputs(self) -> str | None:
+        """Why the product may not be made, when it has more inputs than ``max_inputs`` (each is read whole under
+        the grid and held while it is co-added: the memory of one product); else None."""
+        if self.max_inputs is None or len(self.records) <= self.max_inputs:
+            return None
+        return (f"{self.unit} of field {self.field_index} would co-add {len(self.records)} images, more than the limit "
+                f"of {self.max_inputs}; narrow it with BAND, COLLECTION or ID, or a smaller SIZE")
+
 
 def coadd_tasks(field_index: int, field: Field, records: list[ImageRecord], paths: list[str], mode: str,
                 spec: GridSpec, products: tuple[str, ...], combine: str = "mean",
-                match_background: bool = False) -> list[CoaddTask]:
+                match_background: bool = False, max_inputs: int | None = None) -> list[CoaddTask]:
     """The products of a field in MODE=mosaic (one per band) or stack (one): none when no image matches.
 
     Every band of the field is resolved onto one grid, at the finest scale among all its inputs.
@@ -115,7 +125,8 @@ def coadd_tasks(field_index: int, field: Field, records: list[ImageRecord], path
     ranked = sorted(zip(records, paths, strict=True), key=lambda rp: (bands.index(rp[0].band), rp[0].id))
     groups = [ranked] if mode == "stack" else [[rp for rp in ranked if rp[0].band == b] for b in bands]
     return [CoaddTask(field_index, field, unit_id(mode, None if mode == "stack" else group[0][0].band), grid,
-                      tuple(r for r, _ in group), tuple(p for _, p in group), products, combine, match_background)
+                      tuple(r for r, _ in group), tuple(p for _, p in group), products, combine, match_background,
+                      max_inputs)
             for group in groups]
 
 
@@ -254,6 +265,10 @@ def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutc
         values = generated_metadata(unit.grid.header(), unit.grid.shape, unit.records, unit.field, unit.field_index,
                                     "image/fits", None, None, flux)
         outcome.rows.append((None, render_row(values, None)))
+        return outcome
+    too_many = unit.too_many_inputs()
+    if too_many is not None:
+        outcome.problem, outcome.message = "warning", f"MAX_COADD_INPUTS: {too_many}"
         return outcome
     try:
         mosaics, outcome.notes = build_coadd(unit, _cache)

@@ -49,6 +49,8 @@ class Limits:
     upload_urls: tuple[str, ...] = ()
     #: pixels of one generated image (MODE=mosaic or stack), per band
     max_output_pixels: int = 4096 * 4096
+    #: archive images co-added into one generated product
+    max_coadd_inputs: int = 32
     #: the finest pixel scale in the archive: the default CDELT can be no finer
     finest_scale_deg: float = 1 / 3600
     #: an uploaded table's columns, and the bytes it may take in memory once parsed

@@ -17,6 +17,7 @@ pass the last slot.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from cutout.errors import NoOverlapError
@@ -35,10 +36,13 @@ _MISS_BYTES = 300
 
 @dataclass(frozen=True)
 class Estimate:
-    """What a job is expected to make: (field, image) pairs, and bytes of products."""
+    """What a job is expected to make: (field, image) pairs, and bytes of products; and, of a mosaic or stack job,
+    the most images one product of the fields looked at co-adds, and that field's index."""
 
     pairs: int
     bytes: int
+    coadd_inputs: int = 0
+    coadd_field: int = 0
 
 
 def _pair_bytes(index: ArchiveIndex, record: ImageRecord, field: Field, products: tuple[str, ...],
@@ -80,7 +84,7 @@ def estimate(index: ArchiveIndex, request: StagingRequest, sample: int = 16) -> 
         return Estimate(0, 0)
     picked = range(n) if n <= sample else [round(i * (n - 1) / (sample - 1)) for i in range(sample)]
     mode = Intersect(request.intersect)
-    pairs = size = 0
+    pairs = size = most = most_at = 0
     for i in picked:
         field = request.field(i)
         if request.ids:  # SODA: every combination of a region and a dataset is a result
@@ -91,9 +95,12 @@ def estimate(index: ArchiveIndex, request: StagingRequest, sample: int = 16) -> 
             pairs += len(records)
         if request.mode != "cutout":
             size += _coadd_bytes(request, records, field)
+            inputs = len(records) if request.mode == "stack" else max(Counter(r.band for r in records).values(),
+                                                                       default=0)
+            most, most_at = max((most, most_at), (inputs, i))
         else:
             size += sum(_pair_bytes(index, r, field, request.products, bool(request.ids)) for r in records)
-    return Estimate(round(pairs * n / len(picked)), round(size * n / len(picked)))
+    return Estimate(round(pairs * n / len(picked)), round(size * n / len(picked)), most, most_at)
 
 
 def _size(n: int) -> str:
@@ -110,8 +117,13 @@ def check_job(limits: Limits, cost: Estimate) -> None:
     Raises
     ------
     UsageError
-        Naming ``MAX_JOB_BYTES``, with the estimate and the limit.
+        Naming ``MAX_JOB_BYTES``, with the estimate and the limit; or ``MAX_COADD_INPUTS``, when a field looked at
+        would co-add more images into one product than its limit (others are left out with a warning as they come).
     """
+    if cost.coadd_inputs > limits.max_coadd_inputs:
+        raise UsageError("MAX_COADD_INPUTS", f"a product of field {cost.coadd_field} would co-add {cost.coadd_inputs} "
+                                             f"images, more than the limit of {limits.max_coadd_inputs}; narrow it "
+                                             "with BAND, COLLECTION or ID, or a smaller SIZE")
     if cost.bytes > limits.max_job_bytes:
         raise UsageError("MAX_JOB_BYTES", f"the job would stage about {_size(cost.bytes)} in {cost.pairs} products "
                                           f"(estimated), more than the limit of {_size(limits.max_job_bytes)} for one "

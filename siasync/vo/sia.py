@@ -444,6 +444,14 @@ def make_cutout(path: Path, record: ImageRecord, field: Field, mime: str) -> byt
         raise ArchiveDamaged(f"image {record.id} cannot be cut: {problem.split(' skipped: ', 1)[-1]}") from None
 
 
+def _within_inputs(task: CoaddTask) -> CoaddTask:
+    """The task, unless it co-adds more images than ``MAX_COADD_INPUTS`` (400 naming it)."""
+    too_many = task.too_many_inputs()
+    if too_many is not None:
+        raise UsageError("MAX_COADD_INPUTS", too_many)
+    return task
+
+
 def make_coadd(task: CoaddTask, mime: str) -> bytes:
     """A mosaic or stack of one field, exactly as an async job writes it (with a cache of its own).
 
@@ -560,14 +568,14 @@ class SiaService:
         mode = request.generation["mode"]
         options = {k: v for k, v in request.generation.items() if k != "mode"}
         tasks = coadd_tasks(0, request.field, records, [str(self.index.path_of(r)) for r in records], mode,
-                            options.pop("grid"), (request.mime,), **options)
+                            options.pop("grid"), (request.mime,), **options, max_inputs=self.limits.max_coadd_inputs)
         if request.product is not None:
             chosen = [t for t in tasks if t.unit == request.product]
             if not chosen:
                 raise UsageError("PRODUCT", f"the field's products are {', '.join(t.unit for t in tasks)}; "
                                             f"got {request.product!r}")
-            return chosen[0]
+            return _within_inputs(chosen[0])
         if mode == "mosaic" and len(bands) > 1:
             raise UsageError("BAND", f"a mosaic is of one band, and the field has images in {', '.join(bands)}: "
                                      "give BAND (or MODE=stack for every band)")
-        return tasks[0]
+        return _within_inputs(tasks[0])

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from cutout.sky import Field
 from siasync.uws.table_shape import MAX_DEPTH, MAX_METADATA
+from tests.siasync.helpers import wait_for
 from tests.siasync.test_uploads import votable
 
 FIELDS, SIZE_DEG, BODY, ACTIVE, QUEUED = 50, 1.0, 100_000, 2, 60
@@ -291,3 +293,42 @@ def test_unknown_parameters_are_neither_stored_nor_shown(shaped) -> None:
     json = shaped.get(made.headers["location"], headers={"Accept": "application/json"}).json()
     assert [p["id"] for p in json["parameters"]] == ["pos", "size"]
     shaped.delete(made.headers["location"])
+
+
+MOSAIC = {"POS": "150.1,2.2", "SIZE": "0.02", "MODE": "mosaic", "COLLECTION": "DEMO-DEEP", "BAND": "r",
+          "COMBINE": "median", "FORMAT": "image/fits"}
+
+
+def test_a_mosaic_at_its_input_limit_is_made_and_one_more_input_is_refused(make_client, demo_index) -> None:
+    """MAX_COADD_INPUTS bounds the images held to make one product: synchronous mosaics and new jobs are served at
+    it and refused one past it naming it; a job's field past it that creation's sample did not see is left out with
+    a warning naming it."""
+    inputs = len([r for r in demo_index.lookup(Field(150.1, 2.2, 0.02, 0.02))
+                  if r.collection == "DEMO-DEEP" and r.band == "r"])
+    assert inputs >= 2
+    with make_client(workers=1, max_coadd_inputs=inputs) as client:
+        made = client.get("/sia/cutout", params=MOSAIC)
+        assert made.status_code == 200, made.text
+        with fits.open(io.BytesIO(made.content)) as hdul:
+            assert hdul[0].header["NCOMBINE"] == inputs
+        assert client.post("/async", data=MOSAIC, follow_redirects=False).status_code == 303
+    message = (f"would co-add {inputs} images, more than the limit of {inputs - 1}; narrow it with BAND, COLLECTION "
+               "or ID, or a smaller SIZE")
+    with make_client(workers=1, max_coadd_inputs=inputs - 1) as client:
+        refused = client.get("/sia/cutout", params=MOSAIC)
+        assert refused.status_code == 400
+        assert refused.text.startswith(f"UsageError: MAX_COADD_INPUTS: mosaic-r of field 0 {message}"), refused.text
+        created = client.post("/async", data=MOSAIC, follow_redirects=False)
+        assert created.status_code == 400
+        assert created.text.startswith(f"UsageError: MAX_COADD_INPUTS: a product of field 0 {message}"), created.text
+        # 17 fields: the estimate looks at 16 of them, not at field 8, the only one with images
+        away = ["10.0,-60.0"] * 17
+        away[8] = MOSAIC["POS"]
+        job = client.post("/async", data={**MOSAIC, "POS": away, "PHASE": "RUN"}, follow_redirects=False)
+        assert job.status_code == 303, job.text
+        job_id = job.headers["location"].rsplit("/", 1)[-1]
+        wait_for(client, job_id, ("COMPLETED",), timeout=60)
+        document = client.get(f"/async/{job_id}", headers={"Accept": "application/json"}).json()
+        assert [r["id"] for r in document["results"]] == ["table"]
+        assert [v for k, v in document["jobInfo"].items() if k.startswith("warning")] == [
+            f"MAX_COADD_INPUTS: mosaic-r of field 8 {message}"]
