@@ -12,6 +12,9 @@ delays a download. The pool is bounded twice:
   interrupted, so a task past its time keeps its place in the pool until it ends (the limits
   on what requests may ask for keep every task short): the bound holds.
 
+The threads run at a lower priority than the event loop's (`NICE`, as the worker processes do), and
+a thread holding the GIL hands it to the loop within `SWITCH_S` (CPython's default is 5 ms): while
+the pool parses without pause, each of the loop's requests still waits for the GIL only briefly.
 The threads are daemons, so that stopping the server never waits for them.
 """
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -29,6 +34,10 @@ from siasync.errors import Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: how much lower the pool's threads run than the event loop's
+NICE = 10
+#: the longest a pool thread keeps the GIL while the event loop waits for it (CPython's default: 5 ms)
+SWITCH_S = 0.001
 
 
 class CpuPool:
@@ -38,6 +47,7 @@ class CpuPool:
         self.threads, self.queue_size, self.timeout_s = threads, queue_size, timeout_s
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
+        sys.setswitchinterval(SWITCH_S)
         #: tasks in the pool: waiting or running (one past their time included, until it ends)
         self._held = 0
         self._workers = [threading.Thread(target=self._work, daemon=True, name=f"siasync-cpu-{i}")
@@ -73,6 +83,10 @@ class CpuPool:
                               "try again later, or send less") from None
 
     def _work(self) -> None:
+        try:  # below the event loop's thread, as the worker processes are (Linux: a thread has a priority of its own)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + NICE)
+        except (AttributeError, OSError):
+            pass
         while True:
             item = self._tasks.get()
             if item is None:
