@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from astropy.io.votable.tree import Field as VOField
 from astropy.io.votable.tree import Resource, TableElement, VOTableFile
 
 from siasync.errors import UsageError
+from siasync.uws import uploads
 from siasync.uws.uploads import CSV, VOTABLE, Upload, read_fields
 from tests.siasync.helpers import assert_valid, uws_schema
 
@@ -176,12 +178,31 @@ def test_changing_parameters_keeps_or_replaces_the_tables(client) -> None:
     assert client.get(job_url + "/parameters/more").content == b"ra,dec\n150.1,2.2\n150.2,2.2\n"
 
 
+#: the paths the table server was asked for, and the bytes its slow table sent
+FETCHED: list[str] = []
+SLOW_SENT: list[int] = []
+
+
 @pytest.fixture
 def table_server() -> Iterator[str]:
-    """A loopback HTTP server with one CSV table at /lists/fields.csv."""
+    """A loopback HTTP server with one CSV table at /lists/fields.csv (and at any path ending so), a redirect out of
+    /lists/, and a table sent a byte at a time."""
+    FETCHED.clear()
+    SLOW_SENT.clear()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            FETCHED.append(self.path)
+            if self.path == "/lists/slow.csv":  # a byte every 0.2 s: each read is quick, the whole is not
+                self.send_response(200)
+                self.send_header("Content-Length", "200")
+                self.end_headers()
+                for _ in range(200):
+                    self.wfile.write(b"#")
+                    self.wfile.flush()
+                    SLOW_SENT.append(1)
+                    time.sleep(0.2)
+                return
             if self.path == "/lists/moved.csv":  # a redirect out of the allowed prefix
                 self.send_response(302)
                 self.send_header("Location", "/private/fields.csv")
@@ -218,6 +239,40 @@ def test_a_url_upload_is_fetched_only_from_an_allowed_prefix(make_client, table_
         assert missing.status_code == 400 and "cannot fetch" in missing.text
         moved = client.post("/async", data={"UPLOAD": f"fields,{table_server}/lists/moved.csv", "SIZE": "0.01"})
         assert moved.status_code == 400 and "redirects to" in moved.text and "does not fetch" in moved.text
+
+
+@pytest.mark.parametrize("path", ["/lists/../private/fields.csv", "/lists/%2e%2e/private/fields.csv",
+                                  "/lists/..%2fprivate/fields.csv", "/lists/%2E%2E%2Fprivate/fields.csv",
+                                  "/lists/./../private/fields.csv", "/lists/%252e%252e/private/fields.csv",
+                                  "/lists\\..\\private/fields.csv", "/lists%2f..%2fprivate/fields.csv"])
+def test_a_url_is_compared_with_the_prefixes_once_normalised(make_client, table_server: str, path: str) -> None:
+    """Dot segments, percent-encoded or not, never leave the allowed prefix; nothing is fetched."""
+    with make_client(upload_urls=(table_server + "/lists/",)) as client:
+        refused = client.post("/async", data={"UPLOAD": f"fields,{table_server}{path}", "SIZE": "0.01"})
+        assert refused.status_code == 400
+        assert refused.text.startswith(f"UsageError: UPLOAD: fields: this service does not fetch {table_server}{path}")
+    assert FETCHED == []
+
+
+def test_a_url_within_the_prefix_is_fetched_as_normalised(make_client, table_server: str) -> None:
+    with make_client(upload_urls=(table_server + "/lists/",)) as client:
+        for path in ("/lists/./fields.csv", "/lists/x/../fields.csv", "/lists/%66ields.csv"):
+            made = client.post("/async", data={"UPLOAD": f"fields,{table_server}{path}", "SIZE": "0.01"},
+                               follow_redirects=False)
+            assert made.status_code == 303, made.text
+    assert FETCHED == ["/lists/fields.csv"] * 3
+
+
+def test_a_fetch_has_one_deadline_however_its_bytes_trickle(make_client, table_server: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read gets a byte well within any per-read timeout; the fetch as a whole is refused at its deadline."""
+    monkeypatch.setattr(uploads, "FETCH_DEADLINE_S", 1.0)
+    with make_client(upload_urls=(table_server + "/lists/",)) as client:
+        refused = client.post("/async", data={"UPLOAD": f"fields,{table_server}/lists/slow.csv", "SIZE": "0.01"})
+    assert refused.status_code == 400
+    assert refused.text.startswith(f"UsageError: UPLOAD: fields: fetching {table_server}/lists/slow.csv took longer "
+                                   "than the limit of 1 s"), refused.text
+    assert 0 < len(SLOW_SENT) < 200  # refused while the table was still coming
 
 
 def test_usage_errors_of_read_fields_name_the_parameter() -> None:
