@@ -124,6 +124,8 @@ def _demo_archive(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from cutout.errors import ArchiveError
+    from cutout.index import check_index
     from siasync.settings import Settings
 
     try:
@@ -145,6 +147,11 @@ def _serve(args: argparse.Namespace) -> int:
     if not (settings.archive / "siasync-index.sqlite").is_file():
         print(f"siasync: no archive index in {settings.archive}; run `siasync archive index {settings.archive}`",
               file=sys.stderr)
+        return 2
+    try:
+        check_index(settings.archive)
+    except ArchiveError as exc:
+        print(f"siasync: {exc}", file=sys.stderr)
         return 2
     if settings.executor == "local":
         _start_forkserver()
