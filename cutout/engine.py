@@ -48,6 +48,33 @@ def open_fits(path: str | os.PathLike) -> fits.HDUList:
     return fits.open(path, memmap=True, lazy_load_hdus=True, do_not_scale_image_data=True)
 
 
+def check_unchanged(path: str | os.PathLike, indexed: tuple[int, int], name: str) -> None:
+    """Refuse a file whose size or modification time is not the indexed one.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    indexed : tuple of int
+        Its size and modification time (ns) when it was indexed; a time of 0 is not checked.
+    name : str
+        The file as messages name it.
+
+    Raises
+    ------
+    ParentChangedError
+        Saying what changed: its pixels may no longer be the ones the index describes.
+    """
+    st = os.stat(path)
+    size, mtime_ns = indexed
+    changes = ([f"its size from {size} to {st.st_size} bytes"] if st.st_size != size else []) + \
+              ([f"its modification time from {_instant(mtime_ns)} to {_instant(st.st_mtime_ns)}"]
+               if mtime_ns and st.st_mtime_ns != mtime_ns else [])
+    if changes:
+        raise ParentChangedError(f"{name} changed since it was indexed ({' and '.join(changes)}); it is not served "
+                                 "until the archive is indexed again (siasync archive index)")
+
+
 def _instant(ns: int) -> str:
     """A modification time in nanoseconds as an ISO instant in UTC, to the microsecond."""
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -146,23 +173,14 @@ class ParentImage:
             self._hdul.close()  # the raw reader needs only the descriptor
 
     def check_unchanged(self) -> None:
-        """Refuse a file whose size or modification time is not the indexed one (when the index gave them).
+        """Refuse the file when it is not the one indexed (`check_unchanged`; when the index gave its size and time).
 
         Raises
         ------
         ParentChangedError
-            Saying what changed: its pixels may no longer be the ones the index describes.
         """
-        if self.indexed is None:
-            return
-        st = os.stat(self.path)
-        size, mtime_ns = self.indexed
-        changes = ([f"its size from {size} to {st.st_size} bytes"] if st.st_size != size else []) + \
-                  ([f"its modification time from {_instant(mtime_ns)} to {_instant(st.st_mtime_ns)}"]
-                   if mtime_ns and st.st_mtime_ns != mtime_ns else [])
-        if changes:
-            raise ParentChangedError(f"{self.origfile} changed since it was indexed ({' and '.join(changes)}); it is "
-                                     "not served until the archive is indexed again (siasync index)")
+        if self.indexed is not None:
+            check_unchanged(self.path, self.indexed, self.origfile)
 
     def close(self) -> None:
         """Release the file."""

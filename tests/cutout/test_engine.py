@@ -297,7 +297,7 @@ def test_a_parent_changed_since_it_was_indexed_is_refused_until_reindexed(demo_i
     os.utime(path, ns=(record.mtime_ns + 10**9, record.mtime_ns + 10**9))
     with pytest.raises(ParentChangedError, match=r"^a/p\.fits changed since it was indexed \(its modification time "
                                                  r"from .*Z to .*Z\); it is not served until the archive is indexed "
-                                                 r"again \(siasync index\)$"):
+                                                 r"again \(siasync archive index\)$"):
         cache.get(path, record.hdu, record.id, record.path, record.indexed)  # the cached one
     assert len(cache) == 0
     with pytest.raises(ParentChangedError, match="modification time"):

@@ -1,5 +1,5 @@
-"""A parent rewritten in place after it was indexed is refused, by jobs (a warning naming it) and by synchronous
-cutouts (an error naming it), never served as the pixels the index describes."""
+"""A parent rewritten in place after it was indexed is refused, by jobs (a warning naming it), by synchronous
+cutouts and by the archive's file and preview (an error naming it), never served as what the index describes."""
 
 from __future__ import annotations
 
@@ -40,12 +40,17 @@ def test_a_parent_changed_in_place_is_refused_with_a_warning(make_client, demo_i
         assert [v for k, v in document["jobInfo"].items() if k.startswith("warning")] == [
             f"image {record.id} (w/p.fits) skipped: w/p.fits changed since it was indexed (its modification time "
             f"from {_iso(record.mtime_ns)} to {_iso(record.mtime_ns + 10**9)}); it is not served until the archive "
-            "is indexed again (siasync index)"]
+            "is indexed again (siasync archive index)"]
 
         response = client.get("/sia/cutout", params={**FIELD, "ID": record.id})
         assert response.status_code == 500
         assert response.text.startswith(f"ArchiveError: image {record.id} cannot be cut: w/p.fits changed since it "
                                         "was indexed (its modification time from ")
+        for path in (f"/archive/{record.id}", f"/archive/{record.id}/preview"):
+            response = client.get(path)
+            assert response.status_code == 500, path
+            assert response.text.startswith(f"ArchiveError: image {record.id} cannot be served: w/p.fits changed "
+                                            "since it was indexed (its modification time from "), response.text
 
 
 def _iso(ns: int) -> str:
