@@ -81,7 +81,8 @@ def _multipart(body: bytes, boundary: bytes, limits: ParamLimits, room: int) -> 
                     elif event:
                         data.extend(event)
                     elif segment is not None:  # the end of a part
-                        if segment.filename is not None:
+                        # a file input left empty: a browser sends filename="" and no bytes (a blank value)
+                        if segment.filename is not None and (segment.filename or data):
                             files[segment.name] = (segment.content_type or "text/plain", bytes(data))
                         else:
                             text_bytes += len(data)

@@ -292,6 +292,13 @@ def test_the_html_form_posts_an_upload_and_ignores_an_empty_file_input(client) -
     without = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01"},
                           files={"UPLOAD": ("", b"", "application/octet-stream")}, follow_redirects=False)
     assert without.status_code == 303, without.text
+    as_chromium_sends_it = (b'--B\r\nContent-Disposition: form-data; name="POS"\r\n\r\n150.1,2.2\r\n'
+                            b'--B\r\nContent-Disposition: form-data; name="SIZE"\r\n\r\n0.01\r\n'
+                            b'--B\r\nContent-Disposition: form-data; name="UPLOAD"; filename=""\r\n'
+                            b'Content-Type: application/octet-stream\r\n\r\n\r\n--B--\r\n')
+    empty = client.post("/async", content=as_chromium_sends_it, follow_redirects=False,
+                        headers={"Content-Type": "multipart/form-data; boundary=B"})
+    assert empty.status_code == 303, empty.text
 
 
 def _vot(fields: str, table: str = "", rows: str = "<TR><TD>150.1</TD><TD>2.2</TD></TR>", before: str = "") -> bytes:
