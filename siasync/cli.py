@@ -124,8 +124,6 @@ def _demo_archive(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cutout.errors import ArchiveError
-    from cutout.index import check_index
     from siasync.settings import Settings
 
     try:
@@ -148,6 +146,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"siasync: no archive index in {settings.archive}; run `siasync archive index {settings.archive}`",
               file=sys.stderr)
         return 2
+    from cutout.errors import ArchiveError  # numpy and astropy: only once the quick refusals are past
+    from cutout.index import check_index
+
     try:
         check_index(settings.archive)
     except ArchiveError as exc:
