@@ -41,7 +41,8 @@ def big(make_module_client) -> Iterator[tuple[Any, str, list]]:
         job_id = create_job(client, {"POS": positions, "SIZE": "0.01", "FORMAT": "ALL", "COLLECTION": "DEMO-WIDE"})
         store = service(client).store
         records = [r for r in client.app.state.index.records if r.collection == "DEMO-WIDE"]
-        in_app(client, store.update, job_id, phase="EXECUTING")  # results are registered only while it runs
+        # results are registered only while it runs; as this server's, so that its scheduler never claims it
+        in_app(client, store.update, job_id, phase="EXECUTING", runner=service(client).executor.runners.id)
         chosen = []
         for start in range(0, FIELDS, 1000):
             products, rows = [], []
