@@ -15,8 +15,17 @@ import httpx
 
 from siasync.client._files import Output, part_path
 from siasync.client._follow import follow
-from siasync.client._models import (ClientError, JobRef, JobStatus, Product, Progress, TransferError, job_form,
-                                    service_error, upload_part)
+from siasync.client._models import (
+    ClientError,
+    JobRef,
+    JobStatus,
+    Product,
+    Progress,
+    TransferError,
+    job_form,
+    service_error,
+    upload_part,
+)
 
 if TYPE_CHECKING:
     from siasync.client.fetch import FetchProgress, ProgressCallback
