@@ -14,6 +14,7 @@ import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
-from cutout.errors import ArchiveError
+from cutout.errors import ArchiveError, ParentChangedError
 from cutout.fitsio import BLOCK, CARD, format_card, image_bytes, storable
 from cutout.geometry import OUTLINE_PER_EDGE, Geometry, clip_polygon
 from cutout.layout import Layout, describe
@@ -45,6 +46,38 @@ def open_fits(path: str | os.PathLike) -> fits.HDUList:
     also memory-maps tile-compressed integer images that carry BSCALE/BZERO/BLANK.
     """
     return fits.open(path, memmap=True, lazy_load_hdus=True, do_not_scale_image_data=True)
+
+
+def check_unchanged(path: str | os.PathLike, indexed: tuple[int, int], name: str) -> None:
+    """Refuse a file whose size or modification time is not the indexed one.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    indexed : tuple of int
+        Its size and modification time (ns) when it was indexed; a time of 0 is not checked.
+    name : str
+        The file as messages name it.
+
+    Raises
+    ------
+    ParentChangedError
+        Saying what changed: its pixels may no longer be the ones the index describes.
+    """
+    st = os.stat(path)
+    size, mtime_ns = indexed
+    changes = ([f"its size from {size} to {st.st_size} bytes"] if st.st_size != size else []) + \
+              ([f"its modification time from {_instant(mtime_ns)} to {_instant(st.st_mtime_ns)}"]
+               if mtime_ns and st.st_mtime_ns != mtime_ns else [])
+    if changes:
+        raise ParentChangedError(f"{name} changed since it was indexed ({' and '.join(changes)}); it is not served "
+                                 "until the archive is indexed again (siasync archive index)")
+
+
+def _instant(ns: int) -> str:
+    """A modification time in nanoseconds as an ISO instant in UTC, to the microsecond."""
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def physical_values(stored: np.ndarray, scale: float = 1.0, zero: float = 0.0, blank: int | None = None) -> np.ndarray:
@@ -81,20 +114,27 @@ class ParentImage:
         The index id, recorded as PARENTID in cutouts.
     origfile : str, optional
         The path relative to the archive root, recorded as ORIGFILE.
+    indexed : tuple of int, optional
+        The file's size and modification time (ns) when it was indexed; a file that differs is refused.
 
     Raises
     ------
+    ParentChangedError
+        When the file is not the one indexed (``indexed``).
     ArchiveError
         When the file has no such image HDU, or it has no celestial WCS (a permanent fault).
     OSError
         When the file cannot be read now.
     """
 
-    def __init__(self, path: str | os.PathLike, hdu: int, parent_id: str = "", origfile: str = "") -> None:
+    def __init__(self, path: str | os.PathLike, hdu: int, parent_id: str = "", origfile: str = "",
+                 indexed: tuple[int, int] | None = None) -> None:
         self.path = Path(path)
         self.hdu_index = hdu
         self.parent_id = parent_id
         self.origfile = origfile or self.path.name
+        self.indexed = indexed
+        self.check_unchanged()
         self._fd: int | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
@@ -131,6 +171,16 @@ class ParentImage:
                 raise ArchiveError(f"{self.path} is truncated: its data unit ends past the end of the file")
             self._fd = os.open(self.path, os.O_RDONLY)
             self._hdul.close()  # the raw reader needs only the descriptor
+
+    def check_unchanged(self) -> None:
+        """Refuse the file when it is not the one indexed (`check_unchanged`; when the index gave its size and time).
+
+        Raises
+        ------
+        ParentChangedError
+        """
+        if self.indexed is not None:
+            check_unchanged(self.path, self.indexed, self.origfile)
 
     def close(self) -> None:
         """Release the file."""
@@ -190,14 +240,25 @@ class ParentCache:
         self.maxsize = maxsize
         self._items: OrderedDict[tuple[str, int], ParentImage] = OrderedDict()
 
-    def get(self, path: str | os.PathLike, hdu: int, parent_id: str = "", origfile: str = "") -> ParentImage:
-        """The open parent for ``path[hdu]``, opening it on first use."""
+    def get(self, path: str | os.PathLike, hdu: int, parent_id: str = "", origfile: str = "",
+            indexed: tuple[int, int] | None = None) -> ParentImage:
+        """The open parent for ``path[hdu]``, opening it on first use; with ``indexed``, checked to be the file
+        indexed every time (`ParentImage.check_unchanged`), and forgotten once it is not."""
         key = (os.fspath(path), hdu)
         parent = self._items.get(key)
-        if parent is not None:
+        if parent is not None and parent.indexed == indexed:
+            try:
+                parent.check_unchanged()
+            except (ParentChangedError, OSError):
+                del self._items[key]
+                parent.close()
+                raise
             self._items.move_to_end(key)
             return parent
-        parent = ParentImage(path, hdu, parent_id, origfile)
+        if parent is not None:
+            del self._items[key]
+            parent.close()
+        parent = ParentImage(path, hdu, parent_id, origfile, indexed)
         self._items[key] = parent
         while len(self._items) > self.maxsize:
             self._items.popitem(last=False)[1].close()

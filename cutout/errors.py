@@ -15,3 +15,7 @@ class NoOverlapError(CutoutError):
 
 class ArchiveError(CutoutError):
     """An archive file that cannot be indexed or read."""
+
+
+class ParentChangedError(ArchiveError):
+    """An archive file that is no longer the one indexed: its size or modification time differ."""

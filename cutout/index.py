@@ -40,6 +40,7 @@ import numpy as np
 from astropy_healpix import nside_to_pixel_resolution
 from astropy_healpix.core import healpix_cone_search
 
+from cutout.errors import ArchiveError
 from cutout.geometry import Geometry
 from cutout.scan import (
     CAUSES,
@@ -426,6 +427,13 @@ class ArchiveIndex:
 
         ``path`` is the index file, or an archive directory holding one under the
         default name.
+
+        Raises
+        ------
+        FileNotFoundError
+            When there is no index.
+        ArchiveError
+            When the file is no index of this version (empty, damaged, or of another schema).
         """
         path = Path(path)
         if path.is_dir():
@@ -434,18 +442,52 @@ class ArchiveIndex:
             raise FileNotFoundError(f"no archive index at {path}; run `siasync archive index DIR` first")
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            meta = dict(db.execute("SELECT key, value FROM meta"))
-            if int(meta.get("schema_version", 0)) != SCHEMA_VERSION:
-                raise ValueError(f"index {path} has schema {meta.get('schema_version')}, "
-                                 f"expected {SCHEMA_VERSION}; re-run `siasync archive index`")
+            meta = _meta(db, path)
             rows = db.execute(f"SELECT {', '.join(_COLUMNS)}, cells FROM images ORDER BY seq").fetchall()
             skipped = [Skipped(*row) for row in
                        db.execute("SELECT path, reason, cause, filesize, mtime_ns FROM skipped ORDER BY path")]
+        except sqlite3.DatabaseError as exc:  # an empty file, a damaged one, or another database
+            raise ArchiveError(f"{path} is not a readable archive index ({exc}); re-run `siasync archive index`") \
+                from None
         finally:
             db.close()
         records = [_from_row(row[:-1]) for row in rows]
         cells = [np.frombuffer(row[-1], dtype="<i8") for row in rows]
         return cls((path.parent / meta["root"]).resolve(), records, int(meta["order"]), cells, skipped)
+
+
+def check_index(path: str | os.PathLike) -> None:
+    """Check that ``path`` (an index file, or an archive directory holding one) is an index of this version, without
+    loading it.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no index.
+    ArchiveError
+        When the file is no index of this version (empty, damaged, or of another schema).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no archive index at {path}; run `siasync archive index DIR` first")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        _meta(db, path)
+    except sqlite3.DatabaseError as exc:
+        raise ArchiveError(f"{path} is not a readable archive index ({exc}); re-run `siasync archive index`") from None
+    finally:
+        db.close()
+
+
+def _meta(db: sqlite3.Connection, path: Path) -> dict[str, str]:
+    """The index's ``meta`` table, checked to be of this schema version."""
+    meta = dict(db.execute("SELECT key, value FROM meta"))
+    if int(meta.get("schema_version", 0)) != SCHEMA_VERSION:
+        raise ArchiveError(f"index {path} has schema {meta.get('schema_version')}, expected {SCHEMA_VERSION}; "
+                           "re-run `siasync archive index`")
+    return meta
 
 
 def _cell_table(cells: Sequence[np.ndarray], owners_of: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -12,6 +12,13 @@ Each input contributes only the part of its parent that covers the grid
 no median, so a median is taken over the inputs reprojected one by one with the same
 function, after the same per-image constant background offsets are removed.
 
+**Memory of a median.** A median needs every input's value at a pixel at once. It is taken
+strip by strip of the output grid (each input reprojected onto the strip's rows only), so
+that the layers of one strip stay within `MEDIAN_BYTES` whatever the number of inputs and
+the grid's size; the background offsets are measured on the same grid sampled every
+*k*-th pixel in each direction (those pixels' values are the full grid's, exactly), with
+*k* the smallest step that keeps the sampled layers within the same budget.
+
 **Resampling.** `reproject_interp` (bilinear), without the coordinate round trip: in
 bench/stack_bench.py it is the fastest of reproject's algorithms by a wide margin, and at
 the native pixel scale of the inputs (the default grid) bilinear interpolation keeps
@@ -55,6 +62,8 @@ PROJECTIONS = ("TAN", "SIN", "ARC", "STG", "ZEA", "CAR", "MER", "SFL", "PAR", "M
                "QSC", "HPX", "XPH")
 COMBINES = ("mean", "median", "sum")
 ALGORITHMS = {"interp": reproject_interp, "adaptive": reproject_adaptive, "exact": reproject_exact}
+#: bytes of the float64 layers a median holds at once (see the module docstring)
+MEDIAN_BYTES = 64 * 1024 * 1024
 #: the resampling used by the service (see the module docstring)
 ALGORITHM = "interp"
 #: input pixels read beyond the grid's outline, so that interpolation has neighbours at its edge
@@ -345,16 +354,33 @@ def coadd(inputs: Sequence[InputImage], grid: Grid, combine: str = "mean", match
 
 def _median(pairs: list, wcs: WCS, shape: tuple[int, int], function: object, match_background: bool,
             options: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The median of the reprojected inputs and their count per pixel, strip by strip of the grid, each strip's
+    layers within `MEDIAN_BYTES` (a strip is one row at least)."""
+    n, (ny, nx), budget = len(pairs), shape, MEDIAN_BYTES
+    offsets = np.zeros(n)
+    if match_background and n > 1:
+        step = max(1, math.ceil(math.sqrt(n * ny * nx * 8 / budget)))
+        offsets = _background_offsets(_layers(pairs, wcs[::step, ::step], (-(-ny // step), -(-nx // step)),
+                                              function, options))
+    data, weight = np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)
+    rows = max(1, budget // (n * nx * 8))
+    for y0 in range(0, ny, rows):
+        y1 = min(y0 + rows, ny)
+        layers = _layers(pairs, wcs[y0:y1, :], (y1 - y0, nx), function, options)
+        layers -= offsets[:, None, None]
+        count = np.isfinite(layers).sum(axis=0)
+        weight[y0:y1] = count
+        data[y0:y1] = np.where(count > 0, np.nanmedian(layers, axis=0), np.nan) if count.any() else np.nan
+    return data, weight
+
+
+def _layers(pairs: list, wcs: WCS, shape: tuple[int, int], function: object, options: dict) -> np.ndarray:
+    """Each input reprojected onto ``wcs`` and ``shape``: one float64 layer each, NaN where it does not reach."""
     layers = np.full((len(pairs), *shape), np.nan)
     for layer, pair in zip(layers, pairs, strict=True):
         array, footprint = function(pair, wcs, shape_out=shape, **options)
         layer[footprint > 0] = array[footprint > 0]
-    if match_background and len(layers) > 1:
-        layers -= _background_offsets(layers)[:, None, None]
-    covered = np.isfinite(layers)
-    weight = covered.sum(axis=0).astype(float)
-    data = np.nanmedian(layers, axis=0) if covered.any() else np.full(shape, np.nan)
-    return np.where(weight > 0, data, np.nan), weight
+    return layers
 
 
 def _background_offsets(layers: np.ndarray) -> np.ndarray:

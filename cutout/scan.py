@@ -132,6 +132,12 @@ class ImageRecord:
         """The image's celestial WCS, parsed from the stored header (lookup tables included)."""
         return wcs_from_cards(self.wcs_header, self.wcs_tables)
 
+    @property
+    def indexed(self) -> tuple[int, int]:
+        """The file's size and modification time (ns) when it was indexed: what `cutout.engine.ParentImage` checks
+        the file against before it serves its pixels."""
+        return self.filesize, self.mtime_ns
+
     def cutout_filesize(self, shape: tuple[int, int]) -> int:
         """Size in bytes of the FITS file of a cutout of ``shape`` (ny, nx) of this image."""
         header = self.cutout_head + CARD

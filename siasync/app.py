@@ -23,6 +23,7 @@ from litestar.template import TemplateConfig
 from cutout.index import ArchiveIndex
 from siasync import __version__
 from siasync.auth import Authenticator
+from siasync.cpu import CpuPool
 from siasync.errors import ServiceError, Unavailable, UsageError
 from siasync.remote.catalog import RemoteCatalog
 from siasync.remote.config import load_remotes
@@ -39,6 +40,7 @@ from siasync.vo.routes import Archive, DataLinks, Sia2, SodaSync, SyncSia, Vosi
 from siasync.vo.service import VoService
 from siasync.vo.sia import SiaService
 from siasync.vo.soda import parse_async
+from siasync.web.body import ParamLimits
 from siasync.web.head import HeadAsGet
 from siasync.web.html_errors import error_page, wants_page
 from siasync.web.http import TEXT
@@ -46,6 +48,7 @@ from siasync.web.job_page import JobPage
 from siasync.web.job_routes import JobPages
 from siasync.web.pages import ArchivePicture, Pages
 from siasync.web.reference import ReferencePage
+from siasync.web.security import BrowserGuard, HostPolicy
 from siasync.web.static import filesize, static_files, when
 from storage.browse import JobBrowser
 from storage.files import ResultFiles
@@ -67,6 +70,11 @@ def limits_for(settings: Settings, index: ArchiveIndex, remotes: RemoteCatalog |
                   execution_default_s=settings.execution_default_s, execution_max_s=settings.execution_max_s,
                   owner_active_jobs=settings.owner_active_jobs, owner_queued_fields=settings.owner_queued_fields,
                   upload_urls=settings.upload_urls, max_output_pixels=settings.max_output_pixels,
+                  max_coadd_inputs=settings.max_coadd_inputs,
+                  max_upload_columns=settings.max_upload_columns,
+                  max_upload_table_bytes=settings.max_upload_table_bytes,
+                  owner_upload_bytes=settings.owner_upload_bytes, max_job_bytes=settings.max_job_bytes,
+                  owner_output_bytes=settings.owner_output_bytes,
                   finest_scale_deg=min((r.scale for r in index.records), default=1.0) / 3600)
 
 
@@ -104,7 +112,8 @@ def create_app(settings: Settings) -> Litestar:
         store = await JobStore.open(settings.database, origin=runners_id)
         runners = Runners(store, settings.executor, settings.lease_s, runners_id)
         files = ResultFiles(settings.state_dir / "results")
-        service = JobService(store, files, limits_for(settings, index, remotes), settings.wait_max_s, index)
+        cpu = CpuPool(settings.cpu_threads, settings.cpu_queue, settings.cpu_timeout_s)
+        service = JobService(store, files, limits_for(settings, index, remotes), settings.wait_max_s, index, cpu)
         store.subscribe(service.changed)
         listener = None
         if store.postgres:
@@ -150,7 +159,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.update(index=index, remotes=remotes, service=service, authenticator=Authenticator(settings),
                          sia=sync, vo=vo,
                          up_since=datetime.now(UTC), health=health, settings=settings, picture=picture,
-                         job_page=JobPage(JobBrowser(store.engine), index))
+                         job_page=JobPage(JobBrowser(store.engine), index), cpu=cpu,
+                         param_limits=ParamLimits(settings.max_params, settings.max_param_bytes))
         # What start-up made (modules, the archive index) lives as long as the process: frozen, the cyclic
         # collector no longer walks it, and a full collection takes a few ms instead of the 100-150 ms for
         # which it stalled every request on the event loop (bench/staging_bench.py, the poll p99)
@@ -164,6 +174,7 @@ def create_app(settings: Settings) -> Litestar:
             if listener is not None:
                 await listener.close()
             await store.close()
+            cpu.close()
             guard.release()
 
     def owner(request: Request, state: State) -> str:
@@ -219,7 +230,8 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,  # the command line configures logging (siasync.cli.log_config); Litestar keeps out
         debug=False,
     )
-    app.asgi_handler = HeadAsGet(app.asgi_handler)  # HEAD on every GET resource, with GET's headers
+    # HEAD on every GET resource, with GET's headers; allowed hosts, no cross-site changes, safety headers
+    app.asgi_handler = BrowserGuard(HeadAsGet(app.asgi_handler), HostPolicy(settings))
     return app
 
 

@@ -48,16 +48,27 @@ class Authenticator:
         ------
         AuthenticationError
             With a ``WWW-Authenticate`` challenge when credentials are missing or wrong.
+        UsageError
+            For a proxy header that is given twice (a proxy that appends it), too long or not printable.
         """
         if self.mode == ANONYMOUS:
             return ANONYMOUS
         if self.mode == "header":
-            user = headers.get("x-remote-user", "").strip()
+            given = headers.getall("x-remote-user", []) if hasattr(headers, "getall") else \
+                [headers[k] for k in headers if k.lower() == "x-remote-user"]
+            if len(given) > 1 or any("," in value for value in given):
+                # a proxy that appends (Apache's RequestHeader add, HAProxy's add-header) instead of setting
+                # would let a client's own header through beside the proxy's: whoever asks could be anyone
+                raise UsageError("X-Remote-User", "given more than once (or as a list); the proxy must set this "
+                                                  "header, replacing any the client sent, not add to it")
+            user = given[0].strip() if given else ""
             if not user:
                 raise AuthenticationError("no X-Remote-User header from the proxy",
                                           {"WWW-Authenticate": 'Basic realm="siasync"'})
             if len(user) > MAX_OWNER:
                 raise UsageError("X-Remote-User", f"{len(user)} characters; an owner name has at most {MAX_OWNER}")
+            if not user.isprintable():
+                raise UsageError("X-Remote-User", "an owner name is printable text (no control characters)")
             if user == ANONYMOUS:  # the jobs of anonymous mode are shown with no owner; no user can be them
                 raise AuthenticationError(f"X-Remote-User: {ANONYMOUS!r} is reserved for unauthenticated jobs",
                                           {"WWW-Authenticate": 'Basic realm="siasync"'})

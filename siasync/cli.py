@@ -146,11 +146,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"siasync: no archive index in {settings.archive}; run `siasync archive index {settings.archive}`",
               file=sys.stderr)
         return 2
+    from cutout.errors import ArchiveError  # numpy and astropy: only once the quick refusals are past
+    from cutout.index import check_index
     from siasync.remote.config import RemoteConfigError, load_remotes
 
-    try:  # a mistake in the remote collections' file stops the server before it starts, naming the key
+    try:  # a damaged index, or a mistake in the remote collections' file, stops the server before it starts
+        check_index(settings.archive)
         load_remotes(settings.archive)
-    except RemoteConfigError as exc:
+    except (ArchiveError, RemoteConfigError) as exc:
         print(f"siasync: {exc}", file=sys.stderr)
         return 2
     if settings.executor == "local":

@@ -16,6 +16,8 @@ _EXECUTOR = re.compile(r"local|dask-local(:[1-9][0-9]*)?|dask://[^\s/:]+:[0-9]+"
 AUTH_MODES = ("anonymous", "token", "header")
 #: an IVOA authority id (IVOA Identifiers 2.0, section 2.3.1)
 _AUTHORITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{2,}")
+#: an allowed host: a name or IPv4 address (``.name``: and its subdomains), or an IPv6 address in brackets
+_HOST = re.compile(r"\.?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,14 @@ class Settings:
     running_jobs: int = 16
     #: ``fair`` (owners in turn, small jobs first) or ``fifo`` (batches in arrival order)
     scheduling: str = "fair"
-    #: per owner: jobs QUEUED or EXECUTING at once, and the fields in all of them
+    #: per owner: unfinished jobs (PENDING, QUEUED, EXECUTING or HELD) at once, and the fields in all of them
     owner_active_jobs: int = 20
     owner_queued_fields: int = 100_000
+    #: per owner: the bytes of the uploaded tables stored with all their jobs
+    owner_upload_bytes: int = 256 * 1024 * 1024
+    #: the estimated output of one job, and of all of one owner's unfinished jobs, in bytes
+    max_job_bytes: int = 100 * 1000**3
+    owner_output_bytes: int = 500 * 1000**3
     #: fields of one job: POS values and upload rows together
     max_fields: int = 100_000
     #: URL prefixes (scheme, host and a path from its first ``/``) that UPLOAD may fetch from;
@@ -60,7 +67,25 @@ class Settings:
     max_size_deg: float = 2.0
     #: pixels of one generated (MODE=mosaic or stack) image, per band
     max_output_pixels: int = 4096 * 4096
+    #: archive images co-added into one generated product (a band's mosaic, or a stack)
+    max_coadd_inputs: int = 32
     max_body_bytes: int = 16 * 1024 * 1024
+    #: name=value pairs in one request (query string and body together, known names or not), and their bytes
+    max_params: int = 101_000
+    max_param_bytes: int = 8 * 1024 * 1024
+    #: an uploaded table's columns (FIELDs of a VOTable, or CSV columns), and the bytes it may take in memory
+    max_upload_columns: int = 1000
+    max_upload_table_bytes: int = 64 * 1024 * 1024
+    #: the bounded pool of threads that parses bodies and uploads and renders big documents, apart from file I/O:
+    #: its threads, the tasks that may wait for one, and the seconds a request waits for its task at most
+    cpu_threads: int = 2
+    cpu_queue: int = 64
+    cpu_timeout_s: float = 30.0
+    #: synchronous mosaics and stacks (``/sia/cutout`` with MODE) made at once
+    sync_coadds: int = 1
+    #: the host names (``Host`` header) requests may use; empty: the served host (PUBLIC_URL's, else HOST's,
+    #: with the loopback names for a loopback HOST); ``*`` allows any; ``.example.org`` allows its subdomains too
+    allowed_hosts: tuple[str, ...] = ()
     destruction_default_s: int = 7 * 86400
     destruction_max_s: int = 30 * 86400
     execution_default_s: int = 12 * 3600
@@ -90,8 +115,11 @@ class Settings:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
         if self.auth == "token" and self.tokens_file is None:
             raise ValueError("auth 'token' needs a tokens_file")
-        for name in ("port", "workers", "running_jobs", "owner_active_jobs", "owner_queued_fields", "max_fields",
-                     "max_output_pixels", "max_body_bytes", "destruction_default_s", "destruction_max_s",
+        for name in ("port", "workers", "running_jobs", "owner_active_jobs", "owner_queued_fields",
+                     "owner_upload_bytes", "max_job_bytes", "owner_output_bytes", "max_fields", "max_output_pixels",
+                     "max_coadd_inputs", "max_body_bytes",
+                     "max_params", "max_param_bytes", "max_upload_columns", "max_upload_table_bytes", "cpu_threads",
+                     "cpu_queue", "cpu_timeout_s", "sync_coadds", "destruction_default_s", "destruction_max_s",
                      "execution_default_s", "execution_max_s", "wait_max_s", "sync_cutouts", "sia_max_records",
                      "remote_cache_bytes"):
             if getattr(self, name) <= 0:
@@ -107,6 +135,10 @@ class Settings:
             if url.scheme not in ("http", "https") or not url.netloc or not url.path.startswith("/"):
                 raise ValueError(f"upload_urls: {prefix!r} must be an http(s) URL with a path, e.g. "
                                  "https://data.example.org/lists/ (a bare host would also match longer host names)")
+        for host in self.allowed_hosts:
+            if host != "*" and not _HOST.fullmatch(host):
+                raise ValueError(f"allowed_hosts: {host!r} is not a host name or address (a leading '.' allows "
+                                 "subdomains, '*' any host)")
         if not _AUTHORITY.fullmatch(self.ivo_authority):
             raise ValueError(f"ivo_authority must be an IVOA authority id (letters, digits and ._~- , at least 3 "
                              f"characters, starting with a letter or digit), got {self.ivo_authority!r}")

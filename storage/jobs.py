@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, delete, event, func, insert, select, text, update
+from sqlalchemy import Table, delete, event, func, insert, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from storage.migrate import upgrade
@@ -98,6 +98,23 @@ class Job:
     last_seq: int = 0
     #: the server running the job, or None
     runner: str | None = None
+
+
+#: the progress figures a job list shows, from `Job.info`
+_SUMMARY = ("fields_done", "fields_total", "products", "bytes")
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a job list shows of a job: its id, owner, label, phase, creation and progress (`_SUMMARY`)."""
+
+    id: str
+    owner: str
+    run_id: str | None
+    phase: str
+    creation_time: datetime
+    #: the progress figures of `Job.info` a list shows (each 0 when the job has none yet)
+    info: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,9 +187,24 @@ def check_lengths(table: Table, values: dict[str, Any]) -> None:
             raise ValueTooLong(f"{table.name}.{name}", limit, len(value))
 
 
-#: ``admit(active)``: called with the field counts of the owner's QUEUED or EXECUTING jobs, inside the
-#: transaction that queues a job; it raises to refuse (nothing is then written)
-Admission = Callable[[list[int]], None]
+#: the phases of a job that is not finished: what an owner's limits count
+UNFINISHED = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What an owner holds: unfinished jobs (`UNFINISHED`), their fields and estimated output bytes (``fields_total``
+    and ``output_bytes`` of `Job.info`), and the bytes of the tables uploaded with all their stored jobs."""
+
+    jobs: int = 0
+    fields: int = 0
+    output_bytes: int = 0
+    upload_bytes: int = 0
+
+
+#: ``admit(usage)``: called with what the owner holds (the job being admitted left out), inside the transaction
+#: that stores, queues or changes a job; it raises to refuse (nothing is then written)
+Admission = Callable[[Usage], None]
 
 
 class JobStore:
@@ -290,20 +322,28 @@ class JobStore:
         requests this orders (on PostgreSQL, `_admit` takes a lock in the database that every server sees)."""
         return self._owner_locks.setdefault(owner, asyncio.Lock()) if admit and self.exclusive else nullcontext()
 
-    async def _admit(self, s: AsyncSession, owner: str, admit: Admission | None) -> None:
-        """Run ``admit`` on the owner's active jobs, in the transaction of the write it admits."""
+    async def _admit(self, s: AsyncSession, owner: str, admit: Admission | None, exclude: str | None = None) -> None:
+        """Run ``admit`` on what the owner holds (without job ``exclude``), in the transaction of the write it
+        admits."""
         if admit is None:
             return
         if self.postgres:  # held until the transaction ends: the other servers' admissions wait for it
             await s.execute(select(func.pg_advisory_xact_lock(_OWNER_LOCK, func.hashtext(owner))))
-        query = select(JobRow.info).where(JobRow.owner == owner, JobRow.phase.in_(["QUEUED", "EXECUTING"]))
-        admit([int(info.get("fields_total", 0)) for info in (await s.execute(query)).scalars()])
+        others = JobRow.id != exclude if exclude is not None else true()
+        query = (select(JobRow.info["fields_total"].as_float(), JobRow.info["output_bytes"].as_float())
+                 .where(JobRow.owner == owner, JobRow.phase.in_(UNFINISHED), others))
+        jobs = (await s.execute(query)).all()
+        # the length of a blob is read from its record's header (SQLite) or its TOAST pointer (PostgreSQL)
+        uploads = (select(func.coalesce(func.sum(func.length(UploadRow.data)), 0))
+                   .join(JobRow, JobRow.id == UploadRow.job_id).where(JobRow.owner == owner, others))
+        admit(Usage(len(jobs), sum(int(f or 0) for f, _ in jobs), sum(int(b or 0) for _, b in jobs),
+                    int((await s.execute(uploads)).scalar_one())))
 
     async def create(self, job: Job, uploads: Iterable[tuple[str, str, bytes]] = (),
                      admit: Admission | None = None) -> None:
         """Insert a new job, with the tables it uploaded: (name, MIME type, bytes).
 
-        ``admit``: checked against the owner's active jobs in the same transaction (for a QUEUED job).
+        ``admit``: checked against what the owner holds, in the same transaction.
         """
         values = {name: getattr(job, name) for name in _JOB_FIELDS}
         check_lengths(JobRow.__table__, values)
@@ -347,10 +387,17 @@ class JobStore:
 
     async def list(self, owner: str | None, phases: Iterable[str] | None = None, after: datetime | None = None,
                    last: int | None = None, id_prefix: str | None = None,
-                   exclude_prefix: str | None = None) -> list[Job]:
+                   exclude_prefix: str | None = None) -> list[JobSummary]:
         """Jobs newest first, filtered by owner (None: all), phase, creation time, and the start of their ids
-        (``id_prefix``: only ids starting so; ``exclude_prefix``: none of them)."""
-        query = select(JobRow).order_by(JobRow.creation_time.desc(), JobRow.id.desc())
+        (``id_prefix``: only ids starting so; ``exclude_prefix``: none of them).
+
+        Only what a job list shows is read (`JobSummary`): never a job's positions or parameters, which
+        for a big job are megabytes to decode.
+        """
+        info = JobRow.info
+        query = (select(JobRow.id, JobRow.owner, JobRow.run_id, JobRow.phase, JobRow.creation_time,
+                        *(info[key].as_float() for key in _SUMMARY))
+                 .order_by(JobRow.creation_time.desc(), JobRow.id.desc()))
         if id_prefix is not None:
             query = query.where(JobRow.id.startswith(id_prefix, autoescape=True))
         if exclude_prefix is not None:
@@ -364,34 +411,50 @@ class JobStore:
         if last is not None:
             query = query.limit(last)
         async with self.sessions() as s:
-            return [_job(r) for r in (await s.execute(query)).scalars()]
+            return [JobSummary(*row[:5], {key: int(v or 0) for key, v in zip(_SUMMARY, row[5:], strict=True)})
+                    for row in (await s.execute(query)).all()]
 
     async def transition(self, job_id: str, from_phases: Sequence[str], to_phase: str, *,
                          admit: Admission | None = None, owner: str = "", **changes: Any) -> bool:
         """Compare-and-set: move the job to ``to_phase`` only if it is in ``from_phases``.
 
-        ``admit`` (with the job's ``owner``): checked against the owner's active jobs in the same transaction.
+        ``admit`` (with the job's ``owner``): checked against what the owner holds, in the same transaction.
         """
         return await self.update_where(job_id, PHASE, {"phase": to_phase, **changes},
                                   JobRow.phase.in_(list(from_phases)), admit, owner)
 
-    async def update(self, job_id: str, *, in_phases: Sequence[str] | None = None, **changes: Any) -> bool:
-        """Change fields of a job (only while in ``in_phases``, when given)."""
+    async def update(self, job_id: str, *, in_phases: Sequence[str] | None = None, admit: Admission | None = None,
+                     owner: str = "", uploads: Iterable[tuple[str, str, bytes]] | None = None,
+                     **changes: Any) -> bool:
+        """Change fields of a job (only while in ``in_phases``, when given).
+
+        ``admit`` (with the job's ``owner``): checked against what the owner holds, in the same transaction;
+        ``uploads``: the job's new tables, replacing those it had, in the same transaction.
+        """
         guard = JobRow.phase.in_(list(in_phases)) if in_phases is not None else None
-        return await self.update_where(job_id, UPDATED, changes, guard)
+        return await self.update_where(job_id, UPDATED, changes, guard, admit, owner, uploads)
 
     async def update_where(self, job_id: str, what: str, changes: dict[str, Any], guard: Any = None,
-                      admit: Admission | None = None, owner: str = "") -> bool:
+                           admit: Admission | None = None, owner: str = "",
+                           uploads: Iterable[tuple[str, str, bytes]] | None = None) -> bool:
         """One UPDATE of a job, guarded by the condition ``guard``, that bumps its version and is announced as
-        ``what``; whether it changed the row."""
+        ``what``; whether it changed the row. ``admit`` and ``uploads``: as in `update`."""
         check_lengths(JobRow.__table__, changes)
+        uploads = list(uploads) if uploads is not None else None
+        for name, mime_type, _ in uploads or ():
+            check_lengths(UploadRow.__table__, {"name": name, "mime_type": mime_type})
         query = update(JobRow).where(JobRow.id == job_id)
         if guard is not None:
             query = query.where(guard)
         query = query.values(**changes, version=JobRow.version + 1).returning(JobRow.version)
         async with self._owner_lock(owner, admit), self._writing(job_id, what) as s:
-            await self._admit(s, owner, admit)
+            await self._admit(s, owner, admit, exclude=job_id)
             version = (await s.execute(query)).scalar()
+            if version is not None and uploads is not None:
+                await s.execute(delete(UploadRow).where(UploadRow.job_id == job_id))
+                for name, mime_type, data in uploads:
+                    await s.execute(insert(UploadRow).values(job_id=job_id, name=name, mime_type=mime_type,
+                                                             data=data))
         self._follow(job_id, version, changes)
         return version is not None
 
@@ -412,16 +475,6 @@ class JobStore:
             query = query.where(UploadRow.name == name)
         async with self.sessions() as s:
             return [tuple(row) for row in (await s.execute(query.order_by(UploadRow.name))).all()]
-
-    async def replace_uploads(self, job_id: str, uploads: Iterable[tuple[str, str, bytes]]) -> None:
-        """Make ``uploads`` the job's tables, dropping the ones it had."""
-        uploads = list(uploads)
-        for name, mime_type, _ in uploads:
-            check_lengths(UploadRow.__table__, {"name": name, "mime_type": mime_type})
-        async with self.sessions.begin() as s:
-            await s.execute(delete(UploadRow).where(UploadRow.job_id == job_id))
-            for name, mime_type, data in uploads:
-                await s.execute(insert(UploadRow).values(job_id=job_id, name=name, mime_type=mime_type, data=data))
 
     async def ids_where(self, *, phases: Iterable[str] | None = None,
                         destroy_before: datetime | None = None) -> list[str]:

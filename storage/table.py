@@ -9,14 +9,39 @@ which is only known per request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax import saxutils
 
 from cutout.siap import COLUMNS
 
 BASE = "{BASE}"
 MIME = "text/xml;content=x-votable"
+#: characters XML 1.0 does not allow in a document, escaped or not (control characters, lone surrogates, ...)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _shown(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with each character XML 1.0 does not allow written as its Python escape (``\\x01``): whatever a
+    client sent or a file held, a document that echoes it stays well-formed."""
+    return _NOT_XML.sub(_shown, text) if _NOT_XML.search(text) else text
+
+
+def escape(text: str) -> str:
+    """XML character data for ``text``: ``&``, ``<`` and ``>`` escaped, characters XML does not allow shown
+    (`xml_safe`)."""
+    return saxutils.escape(xml_safe(text))
+
+
+def quoteattr(text: str) -> str:
+    """A quoted XML attribute value for ``text`` (`xml_safe`)."""
+    return saxutils.quoteattr(xml_safe(text))
 
 
 def _value(value: Any) -> str:
@@ -24,7 +49,7 @@ def _value(value: Any) -> str:
     if kind is float:
         return repr(value)
     if kind is str:
-        return escape(value) if ("&" in value or "<" in value or ">" in value) else value
+        return escape(value) if ("&" in value or "<" in value or ">" in value or _NOT_XML.search(value)) else value
     if value is None:
         return ""
     if kind is int:

@@ -16,8 +16,16 @@ The client needs only httpx and the standard library.
 from __future__ import annotations
 
 from siasync.client._async import AsyncClient, AsyncJob
-from siasync.client._models import (FINAL, ClientError, JobRef, JobStatus, Product, Progress, ServiceError,
-                                    TransferError)
+from siasync.client._models import (
+                                    FINAL,
+                                    ClientError,
+                                    JobRef,
+                                    JobStatus,
+                                    Product,
+                                    Progress,
+                                    ServiceError,
+                                    TransferError,
+)
 from siasync.client._sync import Client, Job
 from siasync.client.fetch import FetchProgress, fetch
 from siasync.client.progress import ProgressPrinter

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -12,8 +15,17 @@ import httpx
 
 from siasync.client._files import Output, part_path
 from siasync.client._follow import follow
-from siasync.client._models import (ClientError, JobRef, JobStatus, Product, Progress, TransferError, job_form,
-                                    service_error, upload_part)
+from siasync.client._models import (
+    ClientError,
+    JobRef,
+    JobStatus,
+    Product,
+    Progress,
+    TransferError,
+    job_form,
+    service_error,
+    upload_part,
+)
 
 if TYPE_CHECKING:
     from siasync.client.fetch import FetchProgress, ProgressCallback
@@ -22,6 +34,8 @@ if TYPE_CHECKING:
 RETRIES, BACKOFF = 4, 0.5
 JSON = {"Accept": "application/json"}
 _IDEMPOTENT = {"GET", "HEAD", "DELETE"}
+#: the SHA-256 in a ``Repr-Digest`` (RFC 9530: ``sha-256=:B64:``) or ``Digest`` (RFC 3230: ``sha-256=B64``) header
+_SHA256 = re.compile(r"(?:^|,)\s*sha-256=:?([A-Za-z0-9+/=]+):?\s*(?:,|$)", re.IGNORECASE)
 
 
 class AsyncClient:
@@ -205,8 +219,9 @@ class AsyncJob:
     async def download_into(self, out: Output, product: Product) -> int | None:
         """Download a product into an open `Output`: the bytes written, or None when its file was complete.
 
-        The file is written under a hidden temporary name and renamed once its size is right.
-        Network failures and short transfers are retried.
+        The file is written under a hidden temporary name and renamed once its size is right and
+        its SHA-256 is the one the service gives (``Repr-Digest`` or ``Digest``, when it gives one).
+        Network failures, short transfers and wrong checksums are retried.
         """
         target = out.target(product)
         complete = out.complete(product)
@@ -226,13 +241,18 @@ class AsyncJob:
                             raise service_error(response)
                         problem = f"HTTP {response.status_code}"
                     else:
-                        written = await _write(response, part)
+                        written, sha256 = await _write(response, part)
                         expected = product.size if product.size is not None else _length(response)
-                        if expected is None or written == expected:
+                        announced = _sha256(response)
+                        if expected is not None and written != expected:
+                            problem = f"got {written} of {expected} bytes"
+                        elif announced is not None and sha256 != announced:
+                            problem = (f"the SHA-256 of the {written} bytes received is {sha256}, the service's is "
+                                       f"{announced}: the file differs from the one made")
+                        else:
                             os.replace(part, target)
                             out.record_etag(product, response.headers.get("etag"))
                             return written
-                        problem = f"got {written} of {expected} bytes"
             except httpx.TransportError as exc:
                 problem = describe(exc)
             finally:
@@ -242,14 +262,31 @@ class AsyncJob:
         raise TransferError(f"{product.id}: {problem} (after {RETRIES + 1} attempts)")
 
 
-async def _write(response: httpx.Response, part: Path) -> int:
+async def _write(response: httpx.Response, part: Path) -> tuple[int, str]:
+    """Write the body into ``part``: its length and its SHA-256 (hexadecimal)."""
     # plain writes: a chunk of at most 256 KiB goes to the page cache in microseconds, less than a thread hop costs
-    written = 0
+    written, digest = 0, hashlib.sha256()
     with open(part, "wb") as f:
         async for chunk in response.aiter_bytes(256 * 1024):
             f.write(chunk)
+            digest.update(chunk)
             written += len(chunk)
-    return written
+    return written, digest.hexdigest()
+
+
+def _sha256(response: httpx.Response) -> str | None:
+    """The SHA-256 of the whole file (hexadecimal) the service announced, if any (of a 200 answer only: a part's
+    bytes are not the whole file's)."""
+    if response.status_code != 200:
+        return None
+    for header in ("repr-digest", "digest"):
+        match = _SHA256.search(response.headers.get(header, ""))
+        if match:
+            try:
+                return base64.b64decode(match.group(1), validate=True).hex()
+            except ValueError:
+                return None
+    return None
 
 
 def _length(response: httpx.Response) -> int | None:

@@ -93,8 +93,10 @@ def record_of(image: RemoteImage, path: Path) -> ImageRecord:
     if em is None and image.band != "unknown":
         known = bandpass(image.band)
         em = (known[1], known[2]) if known else None
+    # mtime_ns 0: a download's modification time moves with each cache hit (`cache.DownloadCache`, least recently
+    # used first), so only its size is checked against it when it is opened (`cutout.engine.check_unchanged`)
     record = dataclasses.replace(
-        first, id=image.id, path=f"{image.remote}/{path.name}", collection=image.remote, band=image.band,
+        first, id=image.id, path=f"{image.remote}/{path.name}", collection=image.remote, band=image.band, mtime_ns=0,
         mjd=first.mjd if first.mjd is not None else image.mjd, em_min=em[0] if em else first.em_min,
         em_max=em[1] if em else first.em_max, instrument=first.instrument or image.instrument,
         facility=first.facility or image.facility, target=first.target or image.target)

@@ -88,6 +88,9 @@ RECORD_EVERY = 2.0
 CLAIM_EVERY = 2.0
 #: seconds between looks at whether a lost executor is back
 EXECUTOR_CHECK = 0.5
+#: what a job's creation put in its jobInfo, which its progress keeps: the estimates (pairs and bytes, which
+#: order the jobs and hold the owner's quotas) and the bytes of its uploaded tables
+ESTIMATES = ("cost", "output_bytes", "upload_bytes")
 
 
 @dataclass
@@ -101,8 +104,8 @@ class Progress:
     pairs: int = 0
     empty_fields: list[int] = field(default_factory=list)
     empty_count: int = 0
-    #: the estimate made at creation, in (field, image) pairs
-    cost: int | None = None
+    #: what creation estimated and measured (`ESTIMATES`), kept as it was
+    estimates: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     #: remote images downloaded, and found in the download cache
     fetched: int = 0
@@ -123,9 +126,8 @@ class Progress:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def as_info(self) -> dict:
-        cost = {} if self.cost is None else {"cost": self.cost}
-        return {"fields_total": self.fields_total, **cost, "fields_done": self.fields_done, "products": self.products,
-                "bytes": self.bytes, "pairs_done": self.pairs, "rate": round(self.rate(), 2),
+        return {"fields_total": self.fields_total, **self.estimates, "fields_done": self.fields_done,
+                "products": self.products, "bytes": self.bytes, "pairs_done": self.pairs, "rate": round(self.rate(), 2),
                 "empty_fields": self.empty_fields, "empty_count": self.empty_count, "warnings": self.warnings,
                 **({"remote_fetched": self.fetched, "remote_cached": self.cached} if self.fetched + self.cached
                    else {})}
@@ -416,7 +418,8 @@ class Scheduler:
         if request.mode == "cutout":
             return matches
         return [coadd_tasks(lo + i, f, records, [str(self.index.path_of(r)) for r in records], request.mode,
-                            request.grid, request.products, request.combine, request.match_background)
+                            request.grid, request.products, request.combine, request.match_background,
+                            self.service.limits.max_coadd_inputs)
                 for i, (f, records) in enumerate(zip(fields, matches, strict=True))]
 
     def quote(self, job_id: str, remaining: int, start: datetime | None = None) -> datetime | None:
@@ -434,8 +437,8 @@ class Scheduler:
 
     async def _stage(self, job: Job) -> None:
         request = staging_request(job)
-        progress = Progress(len(request.positions), **{k: job.info[k] for k in ("products", "bytes", "cost")
-                                                       if k in job.info})
+        progress = Progress(len(request.positions), **{k: job.info[k] for k in ("products", "bytes") if k in job.info},
+                            estimates={k: job.info[k] for k in ESTIMATES if k in job.info})
         outstanding: dict[int, int] = {}  # field index -> batches of it still in flight
         planned_to = -1  # every field up to here has been planned
         in_flight: dict[asyncio.Future, tuple[BatchTask, int]] = {}
@@ -618,14 +621,14 @@ class Scheduler:
         Returns the first fatal message among them, if any.
         """
         outcomes = [o for _, batch_outcomes in completed for o in batch_outcomes]
-        written = [name for o in outcomes for name, _, _ in o.products]
+        written = [name for o in outcomes for name, *_ in o.products]
         if job_id in self._lost:  # another server runs the job now, and makes (or made) the same files
             return None
         if job_id in self._cancelled:
             await asyncio.to_thread(_delete_files, self.service.files, job_id, written)
             return None
-        products = [Product(name, size, mime, {"field": o.field_index, "image": o.image_id})
-                    for o in outcomes for name, size, mime in o.products]
+        products = [Product(name, size, mime, {"field": o.field_index, "image": o.image_id, "sha256": digest})
+                    for o in outcomes for name, size, mime, digest in o.products]
         rows = [TableRow(o.field_index, o.image_id, name, row) for o in outcomes for name, row in o.rows]
         if products or rows:
             try:

@@ -16,6 +16,7 @@ makes a warning of the pair, never the job's end.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 import time
@@ -115,16 +116,26 @@ class CoaddTask:
     match_background: bool = False
     #: per input, the remote image and where to fetch it (None for the archive's own); empty: none is remote
     remotes: tuple[tuple[RemoteImage, RemoteSource] | None, ...] = ()
+    #: the most inputs it may co-add (``MAX_COADD_INPUTS``), or None for no limit
+    max_inputs: int | None = None
 
     @property
     def bands(self) -> list[str]:
         """The bands of the inputs, in `band_order`."""
         return list(dict.fromkeys(r.band for r in self.records))
 
+    def too_many_inputs(self) -> str | None:
+        """Why the product may not be made, when it has more inputs than ``max_inputs`` (each is read whole under
+        the grid and held while it is co-added: the memory of one product); else None."""
+        if self.max_inputs is None or len(self.records) <= self.max_inputs:
+            return None
+        return (f"{self.unit} of field {self.field_index} would co-add {len(self.records)} images, more than the limit "
+                f"of {self.max_inputs}; narrow it with BAND, COLLECTION or ID, or a smaller SIZE")
+
 
 def coadd_tasks(field_index: int, field: Field, records: list[ImageRecord], paths: list[str], mode: str,
                 spec: GridSpec, products: tuple[str, ...], combine: str = "mean",
-                match_background: bool = False) -> list[CoaddTask]:
+                match_background: bool = False, max_inputs: int | None = None) -> list[CoaddTask]:
     """The products of a field in MODE=mosaic (one per band) or stack (one): none when no image matches.
 
     Every band of the field is resolved onto one grid, at the finest scale among all its inputs.
@@ -136,7 +147,8 @@ def coadd_tasks(field_index: int, field: Field, records: list[ImageRecord], path
     ranked = sorted(zip(records, paths, strict=True), key=lambda rp: (bands.index(rp[0].band), rp[0].id))
     groups = [ranked] if mode == "stack" else [[rp for rp in ranked if rp[0].band == b] for b in bands]
     return [CoaddTask(field_index, field, unit_id(mode, None if mode == "stack" else group[0][0].band), grid,
-                      tuple(r for r, _ in group), tuple(p for _, p in group), products, combine, match_background)
+                      tuple(r for r, _ in group), tuple(p for _, p in group), products, combine, match_background,
+                      max_inputs=max_inputs)
             for group in groups]
 
 
@@ -164,7 +176,7 @@ def build_coadd(task: CoaddTask, cache: ParentCache, outcome: PairOutcome | None
                 record, path, hit = open_remote(*remote, cache)
                 if outcome is not None:
                     outcome.count_fetch(hit)
-            parent = cache.get(path, record.hdu, record.id, record.path)
+            parent = cache.get(path, record.hdu, record.id, record.path, record.indexed)
             inputs.setdefault(record.band, []).append(read_input(parent, task.grid, record.band, record.mjd))
         except NoOverlapError:
             continue
@@ -218,11 +230,11 @@ class BatchTask:
 
 @dataclass
 class PairOutcome:
-    """What became of a pair: products written (id, size, MIME) and their table rows."""
+    """What became of a pair: products written (id, size, MIME, SHA-256 in hex) and their table rows."""
 
     field_index: int
     image_id: str
-    products: list[tuple[str, int, str]] = field(default_factory=list)
+    products: list[tuple[str, int, str, str]] = field(default_factory=list)
     rows: list[tuple[str | None, str]] = field(default_factory=list)
     #: "skipped" (no overlap after all), "warning" (unreadable parent), "fatal" (cannot write), "gone"
     problem: str | None = None
@@ -318,6 +330,10 @@ def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutc
                                     "image/fits", None, None, flux)
         outcome.rows.append((None, render_row(values, None)))
         return outcome
+    too_many = unit.too_many_inputs()
+    if too_many is not None:
+        outcome.problem, outcome.message = "warning", f"MAX_COADD_INPUTS: {too_many}"
+        return outcome
     try:
         mosaics, outcome.notes = build_coadd(unit, _cache, outcome)
     except NoOverlapError as exc:
@@ -333,12 +349,11 @@ def _run_coadd(unit: CoaddTask, task: BatchTask, files: ResultFiles) -> PairOutc
         if data is None:
             continue
         name = result_name(unit.field_index, unit.unit, mime)
-        if not _write(outcome, files, task, name, data):
+        if not _write(outcome, files, task, name, data, mime):
             return outcome
         header = mosaics[0].header() if len(mosaics) == 1 else mosaics[0].grid.header()
         values = generated_metadata(header, unit.grid.shape, records, unit.field, unit.field_index, mime,
                                     len(data), name, mosaics[0].algorithm == "exact")
-        outcome.products.append((name, len(data), mime))
         outcome.rows.append((name, render_row(values, task.results_path + name)))
     return outcome
 
@@ -355,7 +370,7 @@ def open_remote(image: RemoteImage, source: RemoteSource, cache: ParentCache) ->
     for attempt in (0, 1):
         record, path, hit = resolve(image, source)
         try:
-            cache.get(str(path), record.hdu, record.id, record.path)
+            cache.get(str(path), record.hdu, record.id, record.path, record.indexed)
         except FileNotFoundError:  # evicted between the download and the open: fetched again, once
             if attempt:
                 raise
@@ -375,8 +390,9 @@ def _run_remote_pair(pair: RemotePairTask, task: BatchTask, files: ResultFiles) 
     return outcome
 
 
-def _write(outcome: PairOutcome, files: ResultFiles, task: BatchTask, name: str, data: bytes) -> bool:
-    """Write a product; on failure record why in ``outcome`` and return False."""
+def _write(outcome: PairOutcome, files: ResultFiles, task: BatchTask, name: str, data: bytes, mime: str) -> bool:
+    """Write a product and add it, with the SHA-256 of its bytes, to ``outcome``'s products; on failure record why
+    in ``outcome`` and return False."""
     try:
         files.write(task.job_id, name, data)
     except FileNotFoundError:
@@ -386,6 +402,7 @@ def _write(outcome: PairOutcome, files: ResultFiles, task: BatchTask, name: str,
         reason = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
         outcome.problem, outcome.message = "fatal", f"cannot write results: {reason}"
         return False
+    outcome.products.append((name, len(data), mime, hashlib.sha256(data).hexdigest()))
     return True
 
 
@@ -396,8 +413,7 @@ def _explain_miss(outcome: PairOutcome, pair: PairTask, task: BatchTask, files: 
     data = (f"Error: no data: the region of field {pair.field_index} (a box of {pair.field.width:.6g} x "
             f"{pair.field.height:.6g} deg at {pair.field.ra:.6f}, {pair.field.dec:.6f}) holds no pixel of "
             f"image {pair.record.id}: {reason}\n").encode()
-    if _write(outcome, files, task, name, data):
-        outcome.products.append((name, len(data), "text/plain"))
+    if _write(outcome, files, task, name, data, "text/plain"):
         outcome.rows.append((name, ""))
 
 
@@ -412,7 +428,7 @@ def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcom
             box = record_geometry(record).box(pair.field)
             encoded = []
         else:
-            parent = _cache.get(pair.path, record.hdu, record.id, record.path)
+            parent = _cache.get(pair.path, record.hdu, record.id, record.path, record.indexed)
             piece = cut(parent, pair.field)
             ny, nx = piece.shape
             box = (piece.y0, piece.y0 + ny, piece.x0, piece.x0 + nx)
@@ -434,10 +450,8 @@ def _run_pair(pair: PairTask, task: BatchTask, files: ResultFiles) -> PairOutcom
         return outcome
     for mime, data in encoded:
         name = result_name(pair.field_index, record.id, mime)
-        if not _write(outcome, files, task, name, data):
+        if not _write(outcome, files, task, name, data, mime):
             return outcome
-        size = len(data)
-        values = cutout_metadata(record, geometry, box, pair.field, pair.field_index, mime, size, name)
-        outcome.products.append((name, size, mime))
+        values = cutout_metadata(record, geometry, box, pair.field, pair.field_index, mime, len(data), name)
         outcome.rows.append((name, render_row(values, task.results_path + name)))
     return outcome

@@ -16,6 +16,9 @@ a copy of the pieces, not the whole list formatted again; and a client that acce
 ``deflate`` gets the pieces' compressed forms joined, a tenth of the bytes, without the
 document being compressed again.
 
+The parameters and the new results of a big job (over `BIG` of them) are rendered and
+compressed in the `siasync.cpu.CpuPool`, off the event loop.
+
 A document is a function of the job's version (and of the format, the base URL and this
 code's release), so its strong ETag is made from those, not from its bytes: a poller
 sending ``If-None-Match`` gets 304 as long as the job is unchanged, on any server.
@@ -30,10 +33,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import msgspec
 
 from siasync import __version__
+from siasync.cpu import CpuPool
 from siasync.uws.deflate import GrowingPiece, Piece, piece, raw, zlib_stream
 from siasync.uws.representations import (
     RESULTS_HEAD,
@@ -48,6 +53,8 @@ from siasync.uws.representations import (
 from storage.jobs import Job, JobStore, Result
 
 MAX_ENTRIES = 256
+#: parameters or new results beyond which rendering goes to the CPU pool (below, a thread costs more than it saves)
+BIG = 1000
 #: the places in a JSON job document where its parameters and its results go
 _NO_PARAMETERS, _NO_RESULTS = b'"parameters":[]', b'"results":[]'
 
@@ -95,8 +102,10 @@ class _Listing:
 class JobDocuments:
     """A bounded cache of rendered job documents: UWS XML, JSON and the results list."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, cpu: CpuPool | None = None) -> None:
         self.store = store
+        #: where big parts of documents are rendered (None: on the event loop)
+        self.cpu = cpu
         self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._listings: OrderedDict[tuple[str, str, str], _Listing] = OrderedDict()
@@ -107,7 +116,7 @@ class JobDocuments:
         async def render() -> tuple[Piece, ...]:
             before, between, after = job_xml_frame(job, base)
             table = result_xml(job.id, TABLE_RESULT, base).encode() if job.start_time is not None else b""
-            parameters = self._parameters_piece(job, base, "xml", lambda: (
+            parameters = await self._parameters_piece(job, base, "xml", lambda: (
                 b"<uws:parameters>" + parameters_items(job, base).encode() + b"</uws:parameters>"))
             return (piece(before), parameters, piece(between + b"<uws:results>" + table),
                     await self._listed(job, base, "xml", _xml_item), piece(b"</uws:results>" + after))
@@ -118,7 +127,7 @@ class JobDocuments:
         async def render() -> tuple[Piece, ...]:
             head, _, rest = msgspec.json.encode(job_json_frame(job)).partition(_NO_PARAMETERS)
             between, _, tail = rest.partition(_NO_RESULTS)
-            parameters = self._parameters_piece(job, base, "json", lambda: (
+            parameters = await self._parameters_piece(job, base, "json", lambda: (
                 b'"parameters":' + msgspec.json.encode(parameters_json(job, base))))
             # each product's element starts with a comma: it follows the table's, which a job with results has
             table = msgspec.json.encode(result_json(job.id, TABLE_RESULT, base)) if job.start_time is not None else b""
@@ -134,14 +143,21 @@ class JobDocuments:
                     piece(b"</uws:results>"))
         return await self._get(job, base, "results", render)
 
-    def _parameters_piece(self, job: Job, base: str, kind: str, render: Callable[[], bytes]) -> Piece:
+    async def _off_loop(self, big: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``: in the CPU pool when ``big``, else here."""
+        if big and self.cpu is not None:
+            return await self.cpu.run("rendering the job", fn, *args)
+        return fn(*args)
+
+    async def _parameters_piece(self, job: Job, base: str, kind: str, render: Callable[[], bytes]) -> Piece:
         """The job's parameters, rendered once it has left PENDING (only then are they for good)."""
+        big = len(job.parameters) > BIG
         if job.phase == "PENDING":
-            return piece(render())
+            return await self._off_loop(big, lambda: piece(render()))
         key = (job.id, base, kind)
         found = self._parameters.get(key)
         if found is None:
-            found = self._parameters[key] = piece(render())
+            found = self._parameters[key] = await self._off_loop(big, lambda: piece(render()))
             while len(self._parameters) > MAX_ENTRIES:
                 self._parameters.popitem(last=False)
         self._parameters.move_to_end(key)
@@ -163,7 +179,8 @@ class JobDocuments:
                 new = [r for r in await self.store.results(job.id, after=done, limit=10_000) if r.seq <= job.last_seq]
                 if not new:
                     break
-                listing.items.append(b"".join(render(job.id, r, base) for r in new))
+                await self._off_loop(len(new) > BIG, lambda n=new: listing.items.append(
+                    b"".join(render(job.id, r, base) for r in n)))
                 done = new[-1].seq
                 listing.seqs.append(done)
             mark = bisect.bisect_right(listing.seqs, job.last_seq)
@@ -171,8 +188,8 @@ class JobDocuments:
                 return listing.items.upto(mark)
         # an older version than the piece's marks (a reader that held it while another extended the piece):
         # its results, rendered apart
-        older = await self.store.results(job.id, limit=None)
-        return piece(b"".join(render(job.id, r, base) for r in older if r.seq <= job.last_seq))
+        older = [r for r in await self.store.results(job.id, limit=None) if r.seq <= job.last_seq]
+        return await self._off_loop(len(older) > BIG, lambda: piece(b"".join(render(job.id, r, base) for r in older)))
 
     @staticmethod
     def _fresh(entry: _Entry | None, job: Job) -> bool:

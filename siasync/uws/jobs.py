@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 from cutout.index import ArchiveIndex
-from cutout.sky import Intersect
+from siasync.cpu import CpuPool
 from siasync.errors import NotFound, PermissionDenied, Unavailable, UsageError
 from siasync.uws.documents import JobDocuments
 from siasync.uws.params import (
+    JOB_PARAMETERS,
     JobControl,
     Limits,
     RawParams,
@@ -31,11 +32,13 @@ from siasync.uws.params import (
     parse_job,
     parse_time,
 )
+from siasync.uws.quotas import admission, check_job, estimate
 from siasync.uws.representations import SODA_PREFIX
 from siasync.uws.uploads import Upload, resolve
+from siasync.vo.soda import JOB_PARAMETERS as SODA_PARAMETERS
 from siasync.vocabulary import PHASES
 from storage.files import ResultFiles
-from storage.jobs import PHASE, RESULTS, UPDATED, Job, JobStore, Result
+from storage.jobs import PHASE, RESULTS, UPDATED, Job, JobStore, Result, Usage
 
 log = logging.getLogger(__name__)
 #: phases in which WAIT blocks (UWS 1.1, 2.2.1.1)
@@ -44,6 +47,10 @@ ACTIVE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
 RUNNABLE = ("PENDING", "HELD")
 #: phases from which PHASE=ABORT is accepted
 ABORTABLE = ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED")
+#: parameter values beyond which a job's parameters are parsed in the CPU pool
+BIG_INPUT = 1000
+#: fields of a job whose estimate is made on the event loop (a lookup in the index each, about 0.4 ms)
+INLINE_ESTIMATE = 4
 #: the largest integer a query may carry (SQLite's and PostgreSQL's BIGINT)
 _LARGEST_INTEGER = 2**63 - 1
 
@@ -110,7 +117,7 @@ class JobService:
     """Everything a client can do to jobs, with the rules of UWS 1.1."""
 
     def __init__(self, store: JobStore, files: ResultFiles, limits: Limits, wait_max_s: int,
-                 index: ArchiveIndex | None = None) -> None:
+                 index: ArchiveIndex | None = None, cpu: CpuPool | None = None) -> None:
         self.store = store
         #: the sky index, for cost estimates (None: jobs get no estimate)
         self.index = index
@@ -120,8 +127,10 @@ class JobService:
         self.watch = PhaseWatch()
         #: woken when a job registers new results (Server-Sent Events)
         self.results_watch = PhaseWatch()
+        #: where uploads are parsed and big documents rendered, off the event loop (None: in asyncio's threads)
+        self.cpu = cpu
         #: rendered job documents shared by pollers
-        self.documents = JobDocuments(store)
+        self.documents = JobDocuments(store, cpu)
         self.executor: Executor | None = None
         #: the parameters of a SODA job (``/soda/async``): what it stages and its UWS settings (None: no SODA jobs)
         self.soda: Callable[[RawParams], tuple[StagingRequest, JobControl]] | None = None
@@ -204,15 +213,16 @@ class JobService:
         """
         parts = parts or {}
         uploads = []
+        raw = known_parameters(raw, kind)  # unknown ones are ignored (DALI): neither stored nor shown
         if kind == "soda":
-            request, control = self._parse_soda(raw)
+            request, control = await self._parse_soda(raw)
         else:
             raw = _with_inline_upload(raw, parts)
             uploads = await resolve([v for n, v in raw if n == "UPLOAD"], parts, self.limits.upload_urls)
             request, control = await self._parse(raw, uploads)
         if control.run:
             self._check_executor()
-        info = await self._sizes(request)
+        info = await self._sizes(request, uploads)
         # to the millisecond, as shown: AFTER compares with the times clients have seen, so a job created
         # 0.4 ms after the instant a client pages from is not "after" it
         now = datetime.now(UTC)
@@ -225,8 +235,7 @@ class JobService:
                   start_after=control.start, error_type=None, error_message=None,
                   parameters=[list(p) for p in raw if p[0] != "PHASE"], spec=request.to_spec(), info=info)
         # the owner's limits are checked in the transaction that stores the job: refused, nothing is stored
-        await self.store.create(job, [u.as_row() for u in uploads],
-                                self._admission(owner, len(request.positions)) if control.run else None)
+        await self.store.create(job, [u.as_row() for u in uploads], admission(self.limits, owner, _usage(info)))
         log.info("job %s created by %s: %d fields, FORMAT=%s, MODE=%s, %s", job.id, owner, len(request.positions),
                  request.format, request.mode, job.phase)
         if control.run and self.executor is not None:
@@ -239,17 +248,25 @@ class JobService:
         admit = None
         if job.phase in RUNNABLE:  # otherwise refused for its phase
             self._check_executor()
-            admit = self._admission(owner, job.info.get("fields_total", 0))
+            admit = admission(self.limits, owner, _usage(job.info))  # the limits may have changed since
         if not await self.store.transition(job_id, RUNNABLE, "QUEUED", owner=owner, admit=admit):
             raise await self._refused(job_id, "run")
         if self.executor is not None:
             self.executor.submit(job_id)
 
-    async def _sizes(self, request: StagingRequest) -> dict[str, int]:
-        """jobInfo's size of a job: its fields, and its estimated cost in (field, image) pairs."""
-        sizes = {"fields_total": len(request.positions)}
+    async def _sizes(self, request: StagingRequest, uploads: Sequence[Upload]) -> dict[str, int]:
+        """jobInfo's size of a job: its fields, its estimated cost in (field, image) pairs and in bytes, and
+        the bytes of its uploaded tables; refused when the estimate is beyond the limit of one job."""
+        sizes = {"fields_total": len(request.positions), "upload_bytes": sum(len(u.data) for u in uploads)}
         if self.index is not None:
-            sizes["cost"] = await asyncio.to_thread(estimate_cost, self.index, request)
+            if len(request.positions) <= INLINE_ESTIMATE:  # a few lookups: less than a wait in the pool's queue
+                cost = estimate(self.index, request)
+            elif self.cpu is not None:
+                cost = await self.cpu.run("the job's estimate", estimate, self.index, request)
+            else:
+                cost = await asyncio.to_thread(estimate, self.index, request)
+            check_job(self.limits, cost)
+            sizes.update(cost=cost.pairs, output_bytes=cost.bytes)
         return sizes
 
     def _check_executor(self) -> None:
@@ -257,18 +274,6 @@ class JobService:
         problem = self.executor.problem if self.executor is not None else None
         if problem is not None:
             raise Unavailable(f"no job can run now: {problem}; try again later")
-
-    def _admission(self, owner: str, fields: int) -> Callable[[list[int]], None]:
-        """The check that queueing ``fields`` more for an owner keeps within the limits of active jobs and queued
-        fields; the store runs it on the owner's active jobs, atomically with the change (on every server)."""
-        def admit(active: list[int]) -> None:
-            if len(active) >= self.limits.owner_active_jobs:
-                raise UsageError("PHASE", f"{owner} already has {len(active)} jobs queued or executing, the limit; "
-                                          "run this job when one of them has finished")
-            if sum(active) + fields > self.limits.owner_queued_fields:
-                raise UsageError("PHASE", f"{owner} has {sum(active)} fields queued or executing; {fields} more "
-                                          f"would exceed the limit of {self.limits.owner_queued_fields}")
-        return admit
 
     async def abort(self, job_id: str, owner: str) -> None:
         """PHASE=ABORT: keep the results so far and stop."""
@@ -316,11 +321,12 @@ class JobService:
         if job.phase not in RUNNABLE:
             raise PermissionDenied(f"cannot change the parameters of job {job_id} in phase {job.phase}")
         parts = parts or {}
+        raw = known_parameters(raw, "soda" if job_id.startswith(SODA_PREFIX) else "sia")
         if job_id.startswith(SODA_PREFIX):  # a SODA job's values replace those of the names given
             names = {name for name, _ in raw}
             merged = [tuple(p) for p in job.parameters if p[0] not in names] + list(raw)
-            request, control = self._parse_soda(merged)
-            await self._update_parameters(job, merged, names, request, control)
+            request, control = await self._parse_soda(merged)
+            await self._update_parameters(job, merged, names, request, control, [])
             return
         raw = _with_inline_upload(raw, parts)
         names = {name for name, _ in raw}
@@ -332,32 +338,37 @@ class JobService:
             uploads = await resolve([f"{n},param:{n}" for n in (v.partition(",")[0].strip() for k, v in merged
                                                                    if k == "UPLOAD")], stored, ())
         request, control = await self._parse(merged, uploads)
-        await self._update_parameters(job, merged, names, request, control)
-        if "UPLOAD" in names:
-            await self.store.replace_uploads(job_id, [u.as_row() for u in uploads])
+        await self._update_parameters(job, merged, names, request, control, uploads, replace="UPLOAD" in names)
 
     async def _update_parameters(self, job: Job, merged: RawParams, names: set[str], request: StagingRequest,
-                                 control: JobControl) -> None:
-        """Store a PENDING job's new parameters, spec and settings (those of ``names`` that were given)."""
-        info = {**job.info, **await self._sizes(request)}
+                                 control: JobControl, uploads: Sequence[Upload], replace: bool = False) -> None:
+        """Store a PENDING job's new parameters, spec and settings (those of ``names`` that were given), and
+        with ``replace`` its new tables, within its owner's limits."""
+        info = {**job.info, **await self._sizes(request, uploads)}
         updated = await self.store.update(
-            job.id, in_phases=RUNNABLE, parameters=[list(p) for p in merged], spec=request.to_spec(),
-            run_id=control.run_id, start_after=control.start, info=info,
+            job.id, in_phases=RUNNABLE, admit=admission(self.limits, job.owner, _usage(info)), owner=job.owner,
+            uploads=[u.as_row() for u in uploads] if replace else None,
+            parameters=[list(p) for p in merged], spec=request.to_spec(), run_id=control.run_id,
+            start_after=control.start, info=info,
             **({"destruction": control.destruction} if "DESTRUCTION" in names else {}),
             **({"execution_duration": control.execution_duration} if "EXECUTIONDURATION" in names else {}))
         if not updated:
             raise PermissionDenied(f"job {job.id} left phase PENDING")
 
-    def _parse_soda(self, raw: RawParams) -> tuple[StagingRequest, JobControl]:
+    async def _parse_soda(self, raw: RawParams) -> tuple[StagingRequest, JobControl]:
         if self.soda is None:
             raise NotFound("this service stages no SODA jobs")
-        return self.soda(raw)
+        if len(raw) <= BIG_INPUT or self.cpu is None:
+            return self.soda(raw)
+        return await self.cpu.run("request", self.soda, raw)
 
     async def _parse(self, raw: RawParams, uploads: list[Upload]) -> tuple[StagingRequest, JobControl]:
-        """`parse_job`, off the event loop when there are tables to read."""
-        if not uploads:
+        """`parse_job`, in the CPU pool when there are tables to read (or many values)."""
+        if not uploads and len(raw) <= BIG_INPUT:
             return parse_job(raw, self.limits)
-        return await asyncio.to_thread(parse_job, raw, self.limits, None, uploads)
+        if self.cpu is None:
+            return await asyncio.to_thread(parse_job, raw, self.limits, None, uploads)
+        return await self.cpu.run("UPLOAD" if uploads else "request", parse_job, raw, self.limits, None, uploads)
 
     async def upload(self, job_id: str, owner: str, name: str) -> tuple[str, bytes]:
         """An uploaded table of the job, as received: (MIME type, bytes)."""
@@ -438,28 +449,20 @@ class JobService:
         log.log(logging.WARNING if phase == "ERROR" else logging.INFO, "job %s %s%s%s", job_id, phase, made, why)
 
 
+def _usage(info: Mapping[str, int]) -> Usage:
+    """What one job holds of its owner's limits, from its jobInfo."""
+    return Usage(1, info.get("fields_total", 0), info.get("output_bytes", 0), info.get("upload_bytes", 0))
+
+
+def known_parameters(raw: RawParams, kind: str) -> RawParams:
+    """The parameters of a job of ``kind`` (``sia`` or ``soda``) whose names it knows, in order."""
+    known = SODA_PARAMETERS if kind == "soda" else JOB_PARAMETERS
+    return [(name, value) for name, value in raw if name in known]
+
+
 def _with_inline_upload(raw: RawParams, parts: Mapping[str, tuple[str, bytes]]) -> RawParams:
     """The parameters, with an inline upload (a file part named UPLOAD) as ``UPLOAD=upload,param:UPLOAD``."""
     return raw + [("UPLOAD", f"upload,param:{name}") for name in parts if name.upper() == "UPLOAD"]
-
-
-def estimate_cost(index: ArchiveIndex, request: StagingRequest, sample: int = 16) -> int:
-    """Roughly how many (field, image) pairs the request makes, found from the index without cutting.
-
-    Exact for up to ``sample`` fields; for more, the mean of evenly spread fields times
-    the field count. A lookup costs about 0.4 ms and a 10,000-field POST waits for the
-    sample, so it is small: the estimate only has to order jobs (sizes differ by orders
-    of magnitude) and seed the quote.
-    """
-    n = len(request.positions)
-    if n == 0:
-        return 0
-    if request.ids:  # SODA: every combination of a region and a dataset is a result
-        return n * len(request.ids)
-    picked = range(n) if n <= sample else [round(i * (n - 1) / (sample - 1)) for i in range(sample)]
-    mode = Intersect(request.intersect)
-    matches = sum(len(index.lookup(request.field(i), mode, request.collections, request.bands)) for i in picked)
-    return round(matches * n / len(picked))
 
 
 def staging_request(job: Job) -> StagingRequest:

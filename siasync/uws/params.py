@@ -49,8 +49,18 @@ class Limits:
     upload_urls: tuple[str, ...] = ()
     #: pixels of one generated image (MODE=mosaic or stack), per band
     max_output_pixels: int = 4096 * 4096
+    #: archive images co-added into one generated product
+    max_coadd_inputs: int = 32
     #: the finest pixel scale in the archive: the default CDELT can be no finer
     finest_scale_deg: float = 1 / 3600
+    #: an uploaded table's columns, and the bytes it may take in memory once parsed
+    max_upload_columns: int = 1000
+    max_upload_table_bytes: int = 64 * 1024 * 1024
+    #: per owner: the bytes of uploaded tables stored with their jobs
+    owner_upload_bytes: int = 256 * 1024 * 1024
+    #: the estimated output of one job, and of all of an owner's unfinished jobs, in bytes
+    max_job_bytes: int = 100 * 1000**3
+    owner_output_bytes: int = 500 * 1000**3
 
 
 @dataclass(frozen=True)
@@ -164,7 +174,8 @@ def parse_job(raw: RawParams, limits: Limits, now: datetime | None = None,
     positions = list(parse_positions(values.get("POS", [])))
     sizes: list[float | None] = [None] * len(positions)
     for upload in uploads:
-        table = read_fields(upload, limits.max_size_deg, limits.max_fields)
+        table = read_fields(upload, limits.max_size_deg, limits.max_fields, limits.max_upload_columns,
+                            limits.max_upload_table_bytes)
         positions += table.positions
         sizes += table.sizes
     if not positions:

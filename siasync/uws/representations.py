@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree as ET
-from xml.sax.saxutils import escape, quoteattr
 
 from cutout.index import ArchiveIndex
 from siasync.auth import ANONYMOUS
 from storage.jobs import Job, Result
 from storage.table import MIME as TABLE_MIME
+from storage.table import escape, quoteattr, xml_safe
 
 #: the fixed result id of the growing SIAP table
 TABLE_ID = "table"
@@ -31,11 +31,13 @@ def iso(instant: datetime | None) -> str:
 
 
 def _el(parent: ET.Element, name: str, text: str | None = None, nil: bool = False, **attrs: str) -> ET.Element:
-    element = ET.SubElement(parent, f"{{{UWS}}}{name}", attrs)
+    """A UWS element; its text and attributes are made XML-safe (`storage.table.xml_safe`): they may echo
+    what a client sent or what a file held."""
+    element = ET.SubElement(parent, f"{{{UWS}}}{name}", {k: xml_safe(v) for k, v in attrs.items()})
     if nil:
         element.set(f"{{{XSI}}}nil", "true")
     elif text is not None:
-        element.text = text
+        element.text = xml_safe(text)
     return element
 
 
@@ -145,7 +147,7 @@ def job_xml_frame(job: Job, base: str) -> tuple[bytes, bytes, bytes]:
         _el(summary, "message", job.error_message)
     info = _el(root, "jobInfo")
     for key, value in job_info(job).items():
-        ET.SubElement(info, f"{{{SIASYNC}}}{key}").text = str(value)
+        ET.SubElement(info, f"{{{SIASYNC}}}{key}").text = xml_safe(str(value))
     before, _, rest = _document(root).partition(b"<uws:parameters />")
     between, _, after = rest.partition(b"<uws:results />")
     return before, between, after
@@ -172,8 +174,8 @@ def parameters_xml(job: Job, base: str) -> bytes:
 def job_info(job: Job) -> dict[str, Any]:
     """The service facts shown in jobInfo: progress, deferred start, warnings."""
     info: dict[str, Any] = {}
-    for key in ("fields_total", "cost", "fields_done", "pairs_done", "products", "bytes", "rate", "empty_count",
-                "remote_fetched", "remote_cached"):
+    for key in ("fields_total", "cost", "output_bytes", "fields_done", "pairs_done", "products", "bytes", "rate",
+                "empty_count", "remote_fetched", "remote_cached"):
         if key in job.info:
             info[key] = job.info[key]
     if job.start_after is not None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
-from litestar.response import ServerSentEvent
+from litestar.response import ServerSentEvent, Template
 
 from siasync.errors import UsageError
 from siasync.settings import Settings
@@ -13,6 +14,7 @@ from siasync.uws.events import job_events, last_event_id
 from siasync.uws.jobs import PHASES, JobService
 from siasync.uws.representations import iso, job_path, jobs_json, jobs_xml, owner_id, parameters_xml
 from siasync.uws.table import table_response
+from siasync.uws.uploads import CSV
 from siasync.web.download import file_response
 from siasync.web.http import (
     HTML,
@@ -25,7 +27,6 @@ from siasync.web.http import (
     one,
     preferred,
     raw_params,
-    represent,
     see_other,
     text,
 )
@@ -43,7 +44,9 @@ from siasync.web.openapi import (
     Param,
     documented,
 )
+from siasync.web.security import SANDBOX_CSP
 from siasync.web.table_page import response_format
+from storage.jobs import JobSummary
 from storage.table import MIME as VOTABLE
 
 JOB = "/{job_id:str}"
@@ -74,6 +77,25 @@ async def _job_page(request: Request, service: JobService, settings: Settings, p
     return await job_page(request, service, pages, job)
 
 
+#: a job list longer than this is rendered in the CPU pool, off the event loop
+_BIG_LIST = 500
+
+
+async def _job_list(request: Request, jobs: list[JobSummary], base: str, selected: list[str]) -> Response:
+    """The job list in the representation the client prefers; a long one rendered in the CPU pool."""
+    kind = preferred(request)
+    if kind == HTML:
+        context = {"jobs": jobs, "base": base, "phases": PHASES, "selected": selected}
+        if len(jobs) <= _BIG_LIST:
+            return Template(template_name="jobs.html", context=context, media_type=HTML)
+        page = request.app.template_engine.get_template("jobs.html")
+        return Response(await request.app.state.cpu.run("the job list", lambda: page.render(**context)),
+                        media_type=HTML)
+    render = (lambda: msgspec.json.encode(jobs_json(jobs, base))) if kind == JSON else (lambda: jobs_xml(jobs, base))
+    body = render() if len(jobs) <= _BIG_LIST else await request.app.state.cpu.run("the job list", render)
+    return Response(body, media_type=kind)
+
+
 class AsyncJobs(Controller):
     """``/async``: the job list, job creation and every child of a job."""
 
@@ -87,10 +109,8 @@ class AsyncJobs(Controller):
         params = await raw_params(request)
         jobs = await service.list(owner, [v for n, v in params if n == "PHASE"], one(params, "AFTER"),
                                   one(params, "LAST"), kind=self.kind)
-        base = base_url(request, settings.public_url)
-        return represent(request, jobs_xml(jobs, base), jobs_json(jobs, base), "jobs.html",
-                         {"jobs": jobs, "base": base, "phases": PHASES,
-                          "selected": [v.upper() for n, v in params if n == "PHASE"]})
+        return await _job_list(request, jobs, base_url(request, settings.public_url),
+                               [v.upper() for n, v in params if n == "PHASE"])
 
     @post("/", summary="Create a job", status_code=303,
           operation_class=documented(*JOB_PARAMS, body=True, answers=(), errors=(400, 401, 413), file=True))
@@ -213,7 +233,10 @@ class AsyncJobs(Controller):
          operation_class=documented(answers=("text/csv", "application/x-votable+xml"), errors=_SEEN))
     async def get_upload(self, service: Service, owner: Owner, job_id: FromPath[str], name: FromPath[str]) -> Response:
         mime_type, data = await service.upload(job_id, owner, name)
-        return Response(data, media_type=mime_type)
+        # a client's own bytes: saved, never shown by a browser (a VOTable may hold script for an XML viewer)
+        saved = f'attachment; filename="{name}.{"csv" if mime_type == CSV else "xml"}"'
+        return Response(data, media_type=mime_type,
+                        headers={"Content-Security-Policy": SANDBOX_CSP, "Content-Disposition": saved})
 
     @post(JOB + "/parameters", summary="Change parameters while PENDING", status_code=303,
           operation_class=documented(*JOB_PARAMS, body=True, answers=(), errors=_CHANGED, file=True))
@@ -247,7 +270,7 @@ class AsyncJobs(Controller):
     async def get_result(self, request: Request, service: Service, owner: Owner, job_id: FromPath[str],
                          result_id: FromPath[str]) -> Response:
         result, path = await service.result_file(job_id, owner, result_id)
-        return await file_response(request, path, result.mime_type, result.result_id)
+        return await file_response(request, path, result.mime_type, result.result_id, result.meta.get("sha256"))
 
     @get(JOB + "/events", summary="Server-Sent Events: phase, progress, times and each new result",
          operation_class=documented(*EVENTS, answers=("text/event-stream",), errors=_ASKED))

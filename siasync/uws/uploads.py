@@ -13,7 +13,12 @@ The table reaches the service in one of three ways, resolved by `resolve`:
 * ``UPLOAD=name,param:part``: the UWS 1.1 / DALI form, naming a multipart part;
 * ``UPLOAD=name,https://...``: a URL, fetched only when it starts with one of the
   prefixes of the ``upload_urls`` setting, since the server must not fetch
-  arbitrary addresses for its clients.
+  arbitrary addresses for its clients. Both are compared once normalised
+  (`normalise_url`: percent-encoding decoded, ``.`` and ``..`` segments removed,
+  scheme and host in lower case, a default port dropped), and the normalised URL
+  is the one fetched, so ``prefix/../secret.csv``, ``prefix/%2e%2e/`` and
+  ``prefix/..%2f`` cannot leave the prefix. A fetch has one deadline for all of
+  it (`FETCH_DEADLINE_S`: connection, redirects and every byte), not one per read.
 
 Every fault is a `UsageError` on ``UPLOAD`` naming the table, and the row (counted
 from 1, the header excluded) and the column where there is one.
@@ -26,10 +31,12 @@ import csv
 import io
 import math
 import re
+import time
 import urllib.request
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import astropy.units as u
 import numpy as np
@@ -37,13 +44,16 @@ from astropy.io.votable import parse_single_table
 from astropy.io.votable.exceptions import VOWarning
 
 from siasync.errors import UsageError
+from siasync.uws.table_shape import check_votable
 
 #: MIME types of the two table formats
 CSV, VOTABLE = "text/csv", "application/x-votable+xml"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 #: the largest table fetched from an allowed URL
 MAX_FETCH_BYTES = 64 * 1024 * 1024
-FETCH_TIMEOUT_S = 30
+#: seconds a fetch may take in all, however slowly the bytes come
+FETCH_DEADLINE_S = 30.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -95,10 +105,15 @@ async def resolve(values: Sequence[str], parts: Mapping[str, tuple[str, bytes]],
                 raise UsageError("UPLOAD", f"{name}: the request has no multipart file part named {part!r}")
             uploads.append(_upload(name, parts[part][1]))
         elif uri.startswith(("http://", "https://")):
-            if not any(uri.startswith(prefix) for prefix in allowed_urls):
-                raise UsageError("UPLOAD", f"{name}: this service does not fetch {uri}; upload the file in the "
-                                           "request (multipart, UPLOAD=name,param:part) instead")
-            uploads.append(_upload(name, await asyncio.to_thread(_fetch, name, uri, allowed_urls)))
+            url = _allowed(name, uri, allowed_urls)
+            deadline = time.monotonic() + FETCH_DEADLINE_S
+            try:  # the thread stops reading at its next chunk after the deadline
+                data = await asyncio.wait_for(asyncio.to_thread(_fetch, name, url, allowed_urls, deadline),
+                                              FETCH_DEADLINE_S)
+            except TimeoutError:
+                raise UsageError("UPLOAD", f"{name}: fetching {url} took longer than the limit of "
+                                           f"{FETCH_DEADLINE_S:g} s") from None
+            uploads.append(_upload(name, data))
         else:
             raise UsageError("UPLOAD", f"{name}: unsupported URI {uri!r}; use param:PART or an http(s) URL")
     names = [u.name for u in uploads]
@@ -107,23 +122,82 @@ async def resolve(values: Sequence[str], parts: Mapping[str, tuple[str, bytes]],
     return uploads
 
 
-def _fetch(name: str, url: str, allowed_urls: Sequence[str]) -> bytes:
-    """The bytes at ``url``, following redirects only to allowed URLs."""
+def normalise_url(url: str) -> str | None:
+    """``url`` as it is compared with the allowed prefixes and fetched, or None when it cannot be.
+
+    The scheme and host are put in lower case and a default port is dropped; the path's
+    percent-encoding is decoded (``%2f`` is a ``/``, ``%2e`` a ``.``), its ``.`` and ``..``
+    segments are removed (RFC 3986, 5.2.4) and it is encoded again. A URL with user
+    information, a backslash or a control character in its path, a path that still holds
+    a percent-encoding once decoded (encoded twice), or no valid port, is refused (None).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    path = unquote(parts.path, errors="strict") if parts.path else "/"
+    if (scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc or "%" in path or "\\" in path
+            or any(ord(c) < 32 or ord(c) == 127 for c in path) or not path.startswith("/")):
+        return None
+    segments: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment != ".":
+            segments.append(segment)
+    if path.split("/")[-1] in (".", ".."):
+        segments.append("")  # a directory: /a/b/.. is /a/
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc += f":{port}"
+    return urlunsplit((scheme, netloc, quote("/" + "/".join(segments), safe="/:@!$&'()*+,;=-._~"), parts.query, ""))
+
+
+def _allowed(name: str, url: str, allowed_urls: Sequence[str]) -> str:
+    """The normalised ``url``, when it is under one of the normalised ``allowed_urls``.
+
+    Raises
+    ------
+    UsageError
+        Naming ``UPLOAD``, when it is not.
+    """
+    normal = normalise_url(url)
+    if normal is not None and any(normal.startswith(prefix) for prefix in map(normalise_url, allowed_urls)
+                                  if prefix is not None):
+        return normal
+    raise UsageError("UPLOAD", f"{name}: this service does not fetch {url}; upload the file in the "
+                               "request (multipart, UPLOAD=name,param:part) instead")
+
+
+def _fetch(name: str, url: str, allowed_urls: Sequence[str], deadline: float) -> bytes:
+    """The bytes at ``url``, following redirects only to allowed URLs, read by the monotonic ``deadline``."""
 
     class AllowedRedirects(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 (urllib's API)
-            if not newurl.startswith(tuple(allowed_urls)):
-                raise UsageError("UPLOAD", f"{name}: {url} redirects to {newurl}, which this service does not fetch")
-            return super().redirect_request(req, fp, code, msg, headers, newurl)
+            try:
+                allowed = _allowed(name, newurl, allowed_urls)
+            except UsageError:
+                raise UsageError("UPLOAD", f"{name}: {url} redirects to {newurl}, which this service does not "
+                                           "fetch") from None
+            return super().redirect_request(req, fp, code, msg, headers, allowed)
 
+    chunks, size = [], 0
     try:
-        with urllib.request.build_opener(AllowedRedirects).open(url, timeout=FETCH_TIMEOUT_S) as response:
-            data = response.read(MAX_FETCH_BYTES + 1)
+        with urllib.request.build_opener(AllowedRedirects).open(url, timeout=FETCH_DEADLINE_S) as response:
+            while size <= MAX_FETCH_BYTES and (chunk := response.read1(256 * 1024)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if time.monotonic() > deadline:
+                    raise UsageError("UPLOAD", f"{name}: fetching {url} took longer than the limit of "
+                                               f"{FETCH_DEADLINE_S:g} s")
     except (OSError, ValueError) as exc:
         raise UsageError("UPLOAD", f"{name}: cannot fetch {url}: {exc}") from None
-    if len(data) > MAX_FETCH_BYTES:
+    if size > MAX_FETCH_BYTES:
         raise UsageError("UPLOAD", f"{name}: {url} is larger than {MAX_FETCH_BYTES // 2**20} MiB")
-    return data
+    return b"".join(chunks)
 
 
 def _upload(name: str, data: bytes) -> Upload:
@@ -143,17 +217,23 @@ class _Column:
     fault: str | None = None
 
 
-def read_fields(upload: Upload, max_size_deg: float, max_rows: int) -> UploadedFields:
-    """The fields of an uploaded table.
+def read_fields(upload: Upload, max_size_deg: float, max_rows: int, max_columns: int = 1000,
+                max_table_bytes: int = 64 * 1024 * 1024) -> UploadedFields:
+    """The fields of an uploaded table, its shape checked before it is parsed: at most ``max_rows`` rows and
+    ``max_columns`` columns, and for a VOTable the limits of `siasync.uws.table_shape.check_votable`.
 
     Raises
     ------
     UsageError
-        On ``UPLOAD``, naming the table, and the row and column at fault.
+        On ``UPLOAD``, naming the table, and the row and column at fault, or the limit.
     """
     if not upload.data.strip():
         raise UsageError("UPLOAD", f"{upload.name}: the table is empty")
-    columns = _votable_columns(upload) if upload.mime_type == VOTABLE else _csv_columns(upload, max_rows)
+    if upload.mime_type == VOTABLE:
+        check_votable(upload.data, upload.name, max_rows, max_columns, max_table_bytes)
+        columns = _votable_columns(upload)
+    else:
+        columns = _csv_columns(upload, max_rows, max_columns)
     ra, dec = _find(upload, columns, "ra"), _find(upload, columns, "dec")
     size = _find(upload, columns, "size", required=False)
     rows = len(ra.values)
@@ -198,7 +278,9 @@ def _numbers(upload: Upload, column: _Column, valid: Callable[[float], bool], ex
     return out
 
 
-def _csv_columns(upload: Upload, max_rows: int) -> list[_Column]:
+def _csv_columns(upload: Upload, max_rows: int, max_columns: int) -> list[_Column]:
+    """The columns of a CSV table; only those that can be ra, dec or size keep their values (a table of
+    thousands of columns costs no more than one of three)."""
     try:
         text = upload.data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -211,18 +293,22 @@ def _csv_columns(upload: Upload, max_rows: int) -> list[_Column]:
     try:
         reader = csv.reader(lines, strict=True)
         header = [name.strip() for name in next(reader)]
-        values: list[list[str]] = [[] for _ in header]
+        if len(header) > max_columns:
+            raise UsageError("UPLOAD", f"{upload.name}: {len(header)} columns, more than the limit of {max_columns}")
+        kept = [i for i, name in enumerate(header) if name.lower() in ("ra", "dec", "size")]
+        values: dict[int, list[str]] = {i: [] for i in kept}
         for row_number, row in enumerate(reader, 1):
             if len(row) != len(header):
+                shown = ", ".join(header) if len(header) <= 20 else ", ".join(header[:20]) + ", ..."
                 raise UsageError("UPLOAD", f"{upload.name}: row {row_number} has {len(row)} values; the header "
-                                           f"names {len(header)} columns ({', '.join(header)})")
+                                           f"names {len(header)} columns ({shown})")
             if row_number > max_rows:
                 raise UsageError("UPLOAD", f"{upload.name}: more than {max_rows} rows, the limit of fields")
-            for column, value in zip(values, row, strict=True):
-                column.append(value)
+            for i in kept:
+                values[i].append(row[i])
     except csv.Error as exc:
         raise UsageError("UPLOAD", f"{upload.name}: not a valid CSV table: {exc}") from None
-    return [_Column(name, column) for name, column in zip(header, values, strict=True)]
+    return [_Column(name, values.get(i, ())) for i, name in enumerate(header)]
 
 
 def _votable_columns(upload: Upload) -> list[_Column]:

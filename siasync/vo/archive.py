@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cutout.engine import ParentImage
-from cutout.errors import ArchiveError
+from cutout.engine import ParentImage, check_unchanged
+from cutout.errors import ArchiveError, ParentChangedError
 from cutout.index import ArchiveIndex
 from cutout.preview import preview_bytes
 from cutout.scan import ImageRecord
 from siasync.errors import NotFound
-from siasync.vo.sia import ArchiveUnavailable
+from siasync.vo.sia import ArchiveDamaged, ArchiveUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ PREVIEW_SIDE = 1024
 
 def preview_of(path: Path, record: ImageRecord, side: int = PREVIEW_SIDE) -> bytes:
     """A PNG of the whole image, every n-th pixel, at most ``side`` pixels across."""
-    with ParentImage(path, record.hdu, record.id, record.path) as parent:
+    with ParentImage(path, record.hdu, record.id, record.path, record.indexed) as parent:
         ny, nx = parent.shape
         step = max(1, math.ceil(max(ny, nx) / side))
         rows = [parent.physical(y, y + 1, 0, nx)[0, ::step] for y in range(0, ny, step)]
@@ -71,13 +71,29 @@ class ArchiveFiles:
         return record
 
     def path(self, image_id: str) -> Path:
-        """The file holding the image."""
-        return self.index.path_of(self.record(image_id))
+        """The file holding the image, as it was indexed.
 
-    async def preview(self, image_id: str) -> bytes:
-        """The image's PNG preview, made on first use."""
+        Raises
+        ------
+        NotFound
+        ArchiveDamaged
+            When the file changed since it was indexed (`cutout.engine.check_unchanged`).
+        """
         record = self.record(image_id)
         path = self.index.path_of(record)
+        try:
+            check_unchanged(path, record.indexed, record.path)
+        except FileNotFoundError:
+            raise NotFound(f"the file of image {image_id!r} is gone") from None
+        except ParentChangedError as exc:
+            log.warning("/archive: %s", exc)
+            raise ArchiveDamaged(f"image {record.id} cannot be served: {exc}") from None
+        return path
+
+    async def preview(self, image_id: str) -> bytes:
+        """The image's PNG preview, made on first use (of the file as it was indexed: `path`)."""
+        record = self.record(image_id)
+        path = self.path(image_id)
         try:
             stat = await asyncio.to_thread(os.stat, path)
         except OSError:

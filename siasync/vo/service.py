@@ -97,7 +97,7 @@ class VoService:
 
 def _cut(index: ArchiveIndex, record: ImageRecord, field: Field) -> bytes | None:
     try:
-        with ParentImage(index.path_of(record), record.hdu, record.id, record.path) as parent:
+        with ParentImage(index.path_of(record), record.hdu, record.id, record.path, record.indexed) as parent:
             return cut(parent, field).to_fits()
     except NoOverlapError:
         return None

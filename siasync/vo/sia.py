@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from urllib.parse import quote_plus, urlencode
-from xml.sax.saxutils import escape
 
 import numpy as np
 
@@ -75,7 +74,7 @@ from siasync.uws.params import (
 )
 from siasync.vo.remote_rows import REMOTE_COLUMN, RemoteRows, find_images, mark, sia_rows
 from siasync.vo.sia_votable import VERB_COLUMNS, InputParam, error_document, results_document, select_cells
-from storage.table import BASE, cell_text, render_row, with_base
+from storage.table import BASE, cell_text, escape, render_row, with_base
 
 log = logging.getLogger(__name__)
 FITS = "image/fits"
@@ -478,7 +477,7 @@ def make_cutout(path: Path, record: ImageRecord, field: Field, mime: str) -> byt
         When the image cannot be cut: damaged, or not what the index says (500, with the reason).
     """
     try:
-        with ParentImage(path, record.hdu, record.id, record.path) as parent:
+        with ParentImage(path, record.hdu, record.id, record.path, record.indexed) as parent:
             piece = cut(parent, field)
             return piece.to_fits() if mime == FITS else preview_bytes(piece.data, mime)
     except NoOverlapError as exc:
@@ -490,6 +489,14 @@ def make_cutout(path: Path, record: ImageRecord, field: Field, mime: str) -> byt
             raise ArchiveUnavailable(f"image {record.id} cannot be read from the archive now: "
                                      f"{problem.split(' skipped: ', 1)[-1]}") from None
         raise ArchiveDamaged(f"image {record.id} cannot be cut: {problem.split(' skipped: ', 1)[-1]}") from None
+
+
+def _within_inputs(task: CoaddTask) -> CoaddTask:
+    """The task, unless it co-adds more images than ``MAX_COADD_INPUTS`` (400 naming it)."""
+    too_many = task.too_many_inputs()
+    if too_many is not None:
+        raise UsageError("MAX_COADD_INPUTS", too_many)
+    return task
 
 
 def make_coadd(task: CoaddTask, mime: str) -> bytes:
@@ -656,7 +663,8 @@ class SiaService:
         bands = sorted({r.band for r in records})
         mode = request.generation["mode"]
         options = {k: v for k, v in request.generation.items() if k != "mode"}
-        tasks = coadd_tasks(0, request.field, records, paths, mode, options.pop("grid"), (request.mime,), **options)
+        tasks = coadd_tasks(0, request.field, records, paths, mode, options.pop("grid"), (request.mime,), **options,
+                            max_inputs=self.limits.max_coadd_inputs)
         if images:
             tasks = [dataclasses.replace(t, remotes=tuple((images[r.id], self.remotes.source(images[r.id].remote))
                                                           if r.id in images else None for r in t.records))
@@ -666,8 +674,8 @@ class SiaService:
             if not chosen:
                 raise UsageError("PRODUCT", f"the field's products are {', '.join(t.unit for t in tasks)}; "
                                             f"got {request.product!r}")
-            return chosen[0]
+            return _within_inputs(chosen[0])
         if mode == "mosaic" and len(bands) > 1:
             raise UsageError("BAND", f"a mosaic is of one band, and the field has images in {', '.join(bands)}: "
                                      "give BAND (or MODE=stack for every band)")
-        return tasks[0]
+        return _within_inputs(tasks[0])

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from xml.sax.saxutils import escape, quoteattr
 
 from cutout.siap import COLUMNS, Column
+from storage.table import escape, quoteattr
 
 _NAMES = [c.name for c in COLUMNS]
 _REQUIRED = ("title", "ra", "dec", "naxes", "naxis", "scale", "format", "access_url")

@@ -13,7 +13,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from xml.sax.saxutils import escape, quoteattr
 
 from cutout.fitsio import BLOCK
 from cutout.index import ArchiveIndex
@@ -21,6 +20,7 @@ from cutout.sky import footprint_circle
 from siasync.uws.params import Limits
 from siasync.vo.sia_votable import InputParam
 from storage.table import MIME as VOTABLE
+from storage.table import escape, quoteattr
 
 SIA_STANDARD = "ivo://ivoa.net/std/SIA"
 #: UWS 1.1 has no registry extension of its own. The IVOA's standard record for UWS

@@ -1,7 +1,13 @@
-"""Result downloads: streamed from disk with aiofiles, with ETag, Last-Modified and byte ranges."""
+"""Result downloads: streamed from disk with aiofiles, with ETag, Last-Modified and byte ranges.
+
+A result registered with the SHA-256 of its bytes is served with it: as its strong ETag and as
+``Digest`` (RFC 3230) and ``Repr-Digest`` (RFC 9530), of the whole file whatever range is
+sent, so that a client can tell a file changed on disk since it was made.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import AsyncIterator
@@ -60,8 +66,15 @@ async def _chunks(f: Any, start: int, end: int) -> AsyncIterator[bytes]:
         await f.close()
 
 
-async def file_response(request: Request, path: Path, media_type: str, filename: str) -> Response:
-    """A complete or partial (206) response for a result file.
+def digest_headers(sha256: str) -> dict[str, str]:
+    """The ETag, ``Digest`` and ``Repr-Digest`` of a file whose SHA-256 is ``sha256`` (hexadecimal)."""
+    b64 = base64.b64encode(bytes.fromhex(sha256)).decode()
+    return {"ETag": f'"sha256-{sha256}"', "Digest": f"sha-256={b64}", "Repr-Digest": f"sha-256=:{b64}:"}
+
+
+async def file_response(request: Request, path: Path, media_type: str, filename: str,
+                        sha256: str | None = None) -> Response:
+    """A complete or partial (206) response for a result file, with its checksum when it is known.
 
     The file is opened before anything is answered: a job destroyed during the download
     deletes the file's name, but the open file still reads whole to its end.
@@ -71,16 +84,18 @@ async def file_response(request: Request, path: Path, media_type: str, filename:
     except FileNotFoundError:
         raise NotFound(f"result {filename!r} is gone") from None
     try:
-        return _respond(request, f, os.fstat(f.fileno()), media_type, filename)
+        return _respond(request, f, os.fstat(f.fileno()), media_type, filename, sha256)
     except BaseException:
         await f.close()
         raise
 
 
-def _respond(request: Request, f: Any, st: os.stat_result, media_type: str, filename: str) -> Response:
+def _respond(request: Request, f: Any, st: os.stat_result, media_type: str, filename: str,
+             sha256: str | None) -> Response:
     size = st.st_size
-    etag = f'"{size:x}-{st.st_mtime_ns:x}"'
-    headers = {"ETag": etag, "Last-Modified": formatdate(st.st_mtime, usegmt=True), "Accept-Ranges": "bytes",
+    checksum = digest_headers(sha256) if sha256 else {"ETag": f'"{size:x}-{st.st_mtime_ns:x}"'}
+    etag = checksum["ETag"]
+    headers = {**checksum, "Last-Modified": formatdate(st.st_mtime, usegmt=True), "Accept-Ranges": "bytes",
                "Content-Disposition": f'inline; filename="{filename}"'}
     if request.headers.get("if-none-match") in (etag, "*"):
         return Response(b"", status_code=304, headers=headers, background=BackgroundTask(f.close))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from litestar import Request, Response
-from litestar.response import Redirect, Template
+from litestar.response import Redirect
 
-from siasync.errors import UsageError
 from siasync.uws.deflate import accepts_deflate
 from siasync.uws.documents import Document
 from siasync.uws.params import JOB_PARAMETERS, RawParams, gather
+from siasync.web.body import read_params
 
 XML = "application/xml"
 HTML = "text/html"
@@ -44,29 +42,26 @@ async def raw_params(request: Request) -> RawParams:
 
 
 async def job_input(request: Request, blank_is_absent: bool = False) -> tuple[RawParams, dict[str, tuple[str, bytes]]]:
-    """The parameters, and the multipart file parts by name: (content type, bytes).
+    """The parameters, and the multipart file parts by name: (content type, bytes), read under the limits of
+    `siasync.web.body`.
 
     A file part named like a job parameter other than UPLOAD (``-F POS=@list.txt``)
     is that parameter's value; the others are tables for UPLOAD. ``blank_is_absent``: leave
     out the values that are empty or blank (a browser's form sends every field left blank).
     """
-    form: list[tuple[str, str]] = []
+    state = request.app.state
+    body = await request.body() if request.method == "POST" else None
+    query, form, files = await read_params(request.scope.get("query_string", b""),
+                                           request.headers.get("content-type", ""), body, state.param_limits,
+                                           state.cpu)
+    form = [(name, value) for name, value in form if value or name.upper() != "UPLOAD"]  # an empty file input
     parts: dict[str, tuple[str, bytes]] = {}
-    content_type = request.headers.get("content-type", "")
-    if request.method == "POST" and ("form" in content_type):
-        try:
-            data = await request.form()
-        except (UnicodeDecodeError, LookupError) as exc:  # a text part not in its (or a known) charset
-            raise UsageError("request body", f"a multipart text part cannot be decoded: {exc}") from None
-        for name, value in data.multi_items():
-            if isinstance(value, str):
-                if value or name.upper() != "UPLOAD":  # a browser's file input left empty sends UPLOAD=""
-                    form.append((name, value))
-            elif name.upper() in JOB_PARAMETERS and name.upper() != "UPLOAD":
-                form.append((name, (await value.read()).decode("utf-8", "replace")))
-            else:
-                parts[name] = (value.content_type, await value.read())
-    params = gather(request.query_params.multi_items(), form)
+    for name, (content_type, data) in files.items():
+        if name.upper() in JOB_PARAMETERS and name.upper() != "UPLOAD":
+            form.append((name, data.decode("utf-8", "replace")))
+        else:
+            parts[name] = (content_type, data)
+    params = gather(query, form)
     if blank_is_absent:
         params = [(n, v) for n, v in params if v.strip()]
     return params, parts
@@ -112,13 +107,3 @@ def conditional(request: Request, document: Document, media_type: str, vary: str
     if deflate:
         return Response(document.deflated, media_type=media_type, headers={**headers, "Content-Encoding": "deflate"})
     return Response(document.body, media_type=media_type, headers=headers)
-
-
-def represent(request: Request, xml: bytes, json: Any, template: str, context: dict[str, Any]) -> Response:
-    """The negotiated representation of a resource."""
-    kind = preferred(request)
-    if kind == HTML:
-        return Template(template_name=template, context=context, media_type="text/html")
-    if kind == JSON:
-        return Response(json, media_type=JSON)
-    return Response(xml, media_type="application/xml")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from xml.sax.saxutils import escape
 
 import numpy as np
 
 from cutout.index import ArchiveIndex
 from cutout.scan import ImageRecord
 from cutout.sky import box_outline, to_plane, unit_vectors
+from storage.table import escape
 
 #: Okabe-Ito colours: told apart with every common colour-vision deficiency
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")

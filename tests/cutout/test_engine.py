@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from pathlib import Path
 
 import astropy
@@ -15,7 +16,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from cutout.engine import ParentCache, ParentImage, cut, cutout, cutout_header
-from cutout.errors import ArchiveError, NoOverlapError
+from cutout.errors import ArchiveError, NoOverlapError, ParentChangedError
 from cutout.index import ArchiveIndex
 from cutout.sky import Field
 from tests.cutout.brute import box_wcs
@@ -277,3 +278,40 @@ def test_cutout_header_reads_no_pixels(demo_index: ArchiveIndex) -> None:
         assert cutout_header(parent, field).cards == expected
     with ParentImage(demo_index.path_of(rec), rec.hdu) as parent, pytest.raises(NoOverlapError):
         cutout_header(parent, Field(200.0, -60.0, 0.1, 0.1))
+
+
+def test_a_parent_changed_since_it_was_indexed_is_refused_until_reindexed(demo_index: ArchiveIndex,
+                                                                           tmp_path: Path) -> None:
+    """Rewritten in place (same size, new pixels) or grown, a parent is refused, open or cached, naming what changed;
+    once indexed again its new pixels (as astropy reads them) are served."""
+    source = demo_index.lookup(Field(150.1, 2.2, 0.01, 0.01))[0]
+    (tmp_path / "a").mkdir()
+    shutil.copy2(demo_index.path_of(source), tmp_path / "a" / "p.fits")
+    index, _ = ArchiveIndex.build(tmp_path, workers=1)
+    record = index.records[0]
+    path, field = index.path_of(record), Field(150.1, 2.2, 0.01, 0.01)
+    cache = ParentCache(maxsize=2)
+    before = cut(cache.get(path, record.hdu, record.id, record.path, record.indexed), field).data
+    with fits.open(path, mode="update") as hdul:  # the same bytes long, other pixels
+        hdul[record.hdu].data += 1
+    os.utime(path, ns=(record.mtime_ns + 10**9, record.mtime_ns + 10**9))
+    with pytest.raises(ParentChangedError, match=r"^a/p\.fits changed since it was indexed \(its modification time "
+                                                 r"from .*Z to .*Z\); it is not served until the archive is indexed "
+                                                 r"again \(siasync archive index\)$"):
+        cache.get(path, record.hdu, record.id, record.path, record.indexed)  # the cached one
+    assert len(cache) == 0
+    with pytest.raises(ParentChangedError, match="modification time"):
+        ParentImage(path, record.hdu, record.id, record.path, record.indexed)
+    with open(path, "ab") as f:
+        f.write(b"\0" * 2880)
+    with pytest.raises(ParentChangedError, match=rf"its size from {record.filesize} to {record.filesize + 2880} bytes"
+                                                 r" and its modification time"):
+        cache.get(path, record.hdu, record.id, record.path, record.indexed)
+
+    again = ArchiveIndex.build(tmp_path, previous=index, workers=1)[0].records[0]
+    piece = cut(cache.get(path, again.hdu, again.id, again.path, again.indexed), field)
+    after = piece.data
+    with fits.open(path) as hdul:
+        pixels = np.asarray(hdul[again.hdu].data, dtype=np.float64)
+    np.testing.assert_array_equal(after, pixels[piece.y0:piece.y0 + after.shape[0], piece.x0:piece.x0 + after.shape[1]])
+    assert not np.array_equal(after, before)  # (a tile-compressed parent is quantised again: not exactly +1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from astropy.wcs import WCS
 from PIL import Image
+from reproject import reproject_interp
 
+from cutout import mosaic
 from cutout.engine import ParentCache
 from cutout.errors import NoOverlapError
 from cutout.index import ArchiveIndex
@@ -176,6 +179,44 @@ def test_background_matching_removes_offsets(demo_index: ArchiveIndex, cache: Pa
         assert len(layers) == 3
     unmatched = coadd(shifted, grid)
     assert np.nanmedian(unmatched.data - plain.data) == pytest.approx(5.0, abs=0.01)
+
+
+def test_a_median_is_taken_strip_by_strip_within_its_memory_budget(demo_index: ArchiveIndex, cache: ParentCache,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same median as reproject's layers over the whole grid (every input reprojected with reproject_interp, then
+    numpy's nanmedian), in strips of a 1 MiB budget: its memory (tracemalloc) is the output's and a few strips'."""
+    field = Field(150.1, 2.2, 0.1, 0.1)
+    epochs = [r for r in demo_index.lookup(field) if r.collection == "DEMO-DEEP"]
+    grid = GridSpec().resolve(field, 0.5 / 3600)
+    inputs = [read_input(cache.get(demo_index.path_of(r), r.hdu, r.id, r.path), grid, "r") for r in epochs]
+    layers = []
+    for i in inputs:
+        array, footprint = reproject_interp((i.data, i.wcs), grid.wcs(), shape_out=grid.shape, roundtrip_coords=False)
+        layers.append(np.where(footprint > 0, array, np.nan))
+    expected = np.nanmedian(layers, axis=0)
+    budget = 2**20
+    assert len(inputs) * grid.pixels * 8 > 10 * budget  # many strips
+
+    def traced(**options: object) -> tuple[Mosaic, int]:
+        tracemalloc.start()
+        try:
+            return coadd(inputs, grid, "median", **options), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    monkeypatch.setattr(mosaic, "MEDIAN_BYTES", 2**30)
+    whole, whole_peak = traced()  # one strip: the whole grid at once
+    whole_matched = coadd(inputs, grid, "median", match_background=True)  # offsets from every pixel
+    monkeypatch.setattr(mosaic, "MEDIAN_BYTES", budget)
+    median, peak = traced()
+    np.testing.assert_array_equal(median.data, expected.astype(np.float32))
+    np.testing.assert_array_equal(median.weight, np.isfinite(layers).sum(axis=0))
+    np.testing.assert_array_equal(whole.data, median.data)
+    outputs = 2 * grid.pixels * 4  # the co-add and its weight map, float32
+    assert peak < outputs + 12 * budget < whole_peak, (peak, outputs, whole_peak)
+
+    matched = coadd(inputs, grid, "median", match_background=True)  # offsets from the grid sampled every k-th pixel
+    np.testing.assert_allclose(matched.data, whole_matched.data, atol=0.05 * float(np.nanstd(whole_matched.data)))
 
 
 def test_requested_grid_is_honoured(demo_index: ArchiveIndex, cache: ParentCache) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import signal
 import subprocess
@@ -192,3 +194,35 @@ def test_fetch_uploads_a_positions_file(server: Server, tmp_path: Path) -> None:
     fields.write_text("name\nm31\n")
     bad = fetch_cli("fetch", server.url, "--positions", str(fields), "--size", str(SIZE), "--out", str(tmp_path / "b"))
     assert bad.returncode == 1 and bad.stderr.startswith("siasync: error: UsageError: UPLOAD: ")
+
+
+def test_each_result_is_served_with_its_sha256_and_a_changed_file_is_never_saved(server: Server,
+                                                                                 tmp_path: Path) -> None:
+    """The SHA-256 recorded at registration is the file's (hashlib over the file on disk), served as ETag, Digest and
+    Repr-Digest on whole and partial answers; a bit flipped on disk afterwards keeps that checksum, so ``siasync
+    fetch`` sees the bytes differ, retries, and never saves them under the final name."""
+    job_url = submit(server, POS=["150.1,2.2", "150.3,2.4"], SIZE=str(SIZE), PHASE="RUN")
+    final = wait_final(job_url)
+    names = sorted(r.id_ for r in final.results if r.id_ != "table")
+    files = server.state_dir / "results" / job_url.rsplit("/", 1)[-1]
+    for name in names:
+        digest = hashlib.sha256((files / name).read_bytes()).digest()
+        whole = httpx.get(f"{job_url}/results/{name}", timeout=30)
+        part = httpx.get(f"{job_url}/results/{name}", headers={"Range": "bytes=0-99"}, timeout=30)
+        assert hashlib.sha256(whole.content).digest() == digest
+        assert whole.headers["etag"] == part.headers["etag"] == f'"sha256-{digest.hex()}"'
+        assert whole.headers["digest"] == part.headers["digest"] == f"sha-256={base64.b64encode(digest).decode()}"
+        assert whole.headers["repr-digest"] == f"sha-256=:{base64.b64encode(digest).decode()}:"
+        assert part.status_code == 206 and len(part.content) == 100
+    flipped = files / names[0]
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    flipped.write_bytes(bytes(data))
+
+    out = tmp_path / "out"
+    result = fetch_cli("fetch", "--job", job_url, "--out", str(out))
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    assert f"{names[0]}: the SHA-256 of the {len(data)} bytes received is {hashlib.sha256(data).hexdigest()}" \
+           in result.stderr, result.stderr[-3000:]
+    assert files_in(out) == {*names[1:], "table.xml"}  # every other file, and never the changed one
+    assert not any(names[0] in p.name for p in out.iterdir())  # not even a part

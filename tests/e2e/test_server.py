@@ -13,8 +13,15 @@ from astropy.time import Time
 from pyvo.dal import AsyncTAPJob
 from pyvo.io.uws import parse_job
 
-from tests.e2e.conftest import (BOTH_STORES, LOCAL_BOTH_STORES, LOCAL_ONLY, Server, assert_each_pair_once, submit,
-                                wait_final)
+from tests.e2e.conftest import (
+    BOTH_STORES,
+    LOCAL_BOTH_STORES,
+    LOCAL_ONLY,
+    Server,
+    assert_each_pair_once,
+    submit,
+    wait_final,
+)
 
 
 def create(server: Server, **params: object) -> str:

@@ -8,10 +8,10 @@ import time
 
 import httpx
 import numpy as np
-from lxml import etree
 from astropy.io import fits
 from astropy.io.votable import parse as parse_votable
 from astropy.io.votable import parse_single_table
+from lxml import etree
 from pyvo.dal.sia import SIAResults
 from pyvo.io.uws import parse_job
 

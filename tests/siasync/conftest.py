@@ -14,6 +14,8 @@ from siasync.app import create_app
 from siasync.settings import Settings
 
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+#: the host name of Litestar's test client (``http://testserver.local``), which the apps must allow
+TEST_HOST = "testserver.local"
 
 
 def _client_factory(state_root: Callable[[], Path], archive: Path) -> Callable[..., Any]:
@@ -26,9 +28,10 @@ def _client_factory(state_root: Callable[[], Path], archive: Path) -> Callable[.
             tokens = root / "tokens.txt"
             tokens.write_text("# token owner\n" + "".join(f"{t} {o}\n" for t, o in TOKENS.items()))
             changes.setdefault("tokens_file", tokens)
-        values = {"archive": archive, "state_dir": root / "state", "workers": 2, "reaper_interval_s": 0.2}
+        values = {"archive": archive, "state_dir": root / "state", "workers": 2, "reaper_interval_s": 0.2,
+                  "allowed_hosts": (TEST_HOST,)}
         settings = Settings(**{**values, **changes})
-        with TestClient(create_app(settings), base_url="http://testserver.local") as client:
+        with TestClient(create_app(settings), base_url=f"http://{TEST_HOST}") as client:
             yield client
 
     return factory

@@ -39,10 +39,10 @@ def assert_valid(schema: etree.XMLSchema, document: bytes) -> etree._Element:
 
 
 def create_job(client: TestClient, data: dict | list | None = None, headers: dict | None = None,
-               params: dict | None = None) -> str:
-    """POST /async; return the new job's id."""
+               params: dict | None = None, files: dict | None = None) -> str:
+    """POST /async (``files``: multipart file parts); return the new job's id."""
     data = {"POS": "150.1,2.2", "SIZE": "0.01"} if data is None else data
-    response = client.post("/async", data=data, params=params,
+    response = client.post("/async", data=data, params=params, files=files,
                            headers=headers, follow_redirects=False)
     assert response.status_code == 303, response.text
     return response.headers["location"].rsplit("/", 1)[-1]

@@ -65,6 +65,11 @@ def test_serve_refuses_an_archive_without_index_and_bad_settings(tmp_path: Path)
     assert result.returncode == 2 and "no archive index" in result.stderr
     result = run("serve", "--archive", str(tmp_path), "--auth", "token")
     assert result.returncode == 2 and "tokens_file" in result.stderr
+    (tmp_path / "siasync-index.sqlite").write_bytes(b"")  # an empty file, as a failed copy leaves
+    result = run("serve", "--archive", str(tmp_path), "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"siasync: {tmp_path / 'siasync-index.sqlite'} is not a readable archive index (no such "
+                             "table: meta); re-run `siasync archive index`\n")
 
 
 def test_serve_logs_job_events_and_errors_and_access_lines_only_when_asked() -> None:

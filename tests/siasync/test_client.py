@@ -17,9 +17,19 @@ import httpx
 import pytest
 
 from siasync.cli import build_parser, main
-from siasync.client import (AsyncClient, Client, ClientError, FetchProgress, Product, Progress, ProgressPrinter,
-                            ServiceError, TransferError)
-from siasync.client import _async, _follow
+from siasync.client import (
+    AsyncClient,
+    Client,
+    ClientError,
+    FetchProgress,
+    Product,
+    Progress,
+    ProgressPrinter,
+    ServiceError,
+    TransferError,
+    _async,
+    _follow,
+)
 from siasync.client._files import ETAG_FILE, STATE_FILE, Output, safe_name
 from siasync.client._sse import SSEDecoder
 from siasync.client.commands import fetch_command, job_line, jobs_command

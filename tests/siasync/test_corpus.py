@@ -37,9 +37,10 @@ from cutout.sky import Field, Intersect
 from siasync.app import create_app
 from siasync.settings import Settings
 from tests.cutout.corpus import Layout, build_corpus, corpus_fields
+from tests.siasync.conftest import TEST_HOST
 from tests.siasync.helpers import create_job, wait_for
 
-BASE = "http://testserver.local"
+BASE = f"http://{TEST_HOST}"
 #: the cutout WCS agrees with the parent's and Cutout2D's to this, in degrees
 TOLERANCE_DEG = 1e-6
 
@@ -70,7 +71,8 @@ class _Capture(logging.Handler):
 @pytest.fixture(scope="module")
 def client(corpus: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = corpus[0]
-    settings = Settings(archive=root, state_dir=tmp_path_factory.mktemp("corpus-state"), workers=2)
+    settings = Settings(archive=root, state_dir=tmp_path_factory.mktemp("corpus-state"), workers=2,
+                        allowed_hosts=(TEST_HOST,))
     with TestClient(create_app(settings), base_url=BASE) as c:
         yield c
 

@@ -27,7 +27,7 @@ class ManualPool:
 
     async def finish_one(self) -> None:
         future, task = self._pending.pop(0)
-        future.set_result([PairOutcome(0, task.job_id, products=[("x", 1, "image/fits")], seconds=0.01)])
+        future.set_result([PairOutcome(0, task.job_id, products=[("x", 1, "image/fits", "0" * 64)], seconds=0.01)])
         for _ in range(5):
             await asyncio.sleep(0)
 

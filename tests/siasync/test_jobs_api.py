@@ -344,18 +344,17 @@ def test_per_owner_limits_refuse_more_work_at_creation_and_at_run(make_client) -
         # fields: 2 queued, 4 more would make 6 > 5
         response = client.post("/async", data={"POS": "150.1,2.2;150.2,2.2;150.3,2.2;150.4,2.2", **deferred},
                                headers=TOKEN_A, follow_redirects=False)
-        assert response.status_code == 400 and response.text.startswith("UsageError: PHASE:")
+        assert response.status_code == 400 and response.text.startswith("UsageError: OWNER_QUEUED_FIELDS:")
         assert "exceed the limit of 5" in response.text
         create_job(client, {"POS": "150.1,2.2", **deferred}, headers=TOKEN_A)
         before = client.get("/async", headers={**TOKEN_A, "Accept": "application/json"}).json()
         response = client.post("/async", data={"POS": "150.1,2.2", **deferred}, headers=TOKEN_A,
                                follow_redirects=False)
-        assert response.status_code == 400 and "already has 2 jobs queued or executing" in response.text
+        assert response.status_code == 400 and "already has 2 unfinished jobs" in response.text
         # nothing was stored
         assert client.get("/async", headers={**TOKEN_A, "Accept": "application/json"}).json() == before
-        pending = create_job(client, headers=TOKEN_A)  # a PENDING job is not active
-        assert post_phase(client, pending, "RUN", TOKEN_A) == 400
-        assert phase(client, pending, TOKEN_A) == "PENDING"
+        pending = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01"}, headers=TOKEN_A)
+        assert pending.status_code == 400 and "already has 2 unfinished jobs" in pending.text  # PENDING counts
         other = create_job(client, {"POS": "150.1,2.2", **deferred}, headers=TOKEN_B)  # bob has his own limits
         assert phase(client, other, TOKEN_B) == "QUEUED"
 

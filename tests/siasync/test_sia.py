@@ -30,10 +30,11 @@ from siasync.settings import Settings
 from siasync.vo import sia as sia_module
 from siasync.vo.sia import SiaService, parse_cutout, parse_query
 from siasync.vo.sia_votable import VERB_COLUMNS
+from tests.siasync.conftest import TEST_HOST
 from tests.siasync.helpers import UWS_DATA
 
 VOSI_DATA = Path(__file__).resolve().parents[1] / "data" / "vosi"
-BASE = "http://testserver.local"
+BASE = f"http://{TEST_HOST}"
 FIELD = {"POS": "150.1,2.2", "SIZE": "0.05"}
 #: where the schemata import each other from (their DaCHS-era schemaLocations), and the local copies
 _LOCAL = {"VOResource.xsd": VOSI_DATA / "VOResource-v1.1.xsd", "stc.xsd": VOSI_DATA / "STC-v1.30.xsd",
@@ -74,7 +75,8 @@ def assert_valid(document: bytes) -> etree._Element:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path) -> Iterator[TestClient]:
-    settings = Settings(archive=demo_archive, state_dir=tmp_path_factory.mktemp("sia-state"), workers=1)
+    settings = Settings(archive=demo_archive, state_dir=tmp_path_factory.mktemp("sia-state"), workers=1,
+                        allowed_hosts=(TEST_HOST,))
     with TestClient(create_app(settings), base_url=BASE) as c:
         yield c
 

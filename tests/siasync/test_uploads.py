@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from astropy.io.votable.tree import Field as VOField
 from astropy.io.votable.tree import Resource, TableElement, VOTableFile
 
 from siasync.errors import UsageError
+from siasync.uws import uploads
 from siasync.uws.uploads import CSV, VOTABLE, Upload, read_fields
 from tests.siasync.helpers import assert_valid, uws_schema
 
@@ -176,12 +178,31 @@ def test_changing_parameters_keeps_or_replaces_the_tables(client) -> None:
     assert client.get(job_url + "/parameters/more").content == b"ra,dec\n150.1,2.2\n150.2,2.2\n"
 
 
+#: the paths the table server was asked for, and the bytes its slow table sent
+FETCHED: list[str] = []
+SLOW_SENT: list[int] = []
+
+
 @pytest.fixture
 def table_server() -> Iterator[str]:
-    """A loopback HTTP server with one CSV table at /lists/fields.csv."""
+    """A loopback HTTP server with one CSV table at /lists/fields.csv (and at any path ending so), a redirect out of
+    /lists/, and a table sent a byte at a time."""
+    FETCHED.clear()
+    SLOW_SENT.clear()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            FETCHED.append(self.path)
+            if self.path == "/lists/slow.csv":  # a byte every 0.2 s: each read is quick, the whole is not
+                self.send_response(200)
+                self.send_header("Content-Length", "200")
+                self.end_headers()
+                for _ in range(200):
+                    self.wfile.write(b"#")
+                    self.wfile.flush()
+                    SLOW_SENT.append(1)
+                    time.sleep(0.2)
+                return
             if self.path == "/lists/moved.csv":  # a redirect out of the allowed prefix
                 self.send_response(302)
                 self.send_header("Location", "/private/fields.csv")
@@ -220,6 +241,40 @@ def test_a_url_upload_is_fetched_only_from_an_allowed_prefix(make_client, table_
         assert moved.status_code == 400 and "redirects to" in moved.text and "does not fetch" in moved.text
 
 
+@pytest.mark.parametrize("path", ["/lists/../private/fields.csv", "/lists/%2e%2e/private/fields.csv",
+                                  "/lists/..%2fprivate/fields.csv", "/lists/%2E%2E%2Fprivate/fields.csv",
+                                  "/lists/./../private/fields.csv", "/lists/%252e%252e/private/fields.csv",
+                                  "/lists\\..\\private/fields.csv", "/lists%2f..%2fprivate/fields.csv"])
+def test_a_url_is_compared_with_the_prefixes_once_normalised(make_client, table_server: str, path: str) -> None:
+    """Dot segments, percent-encoded or not, never leave the allowed prefix; nothing is fetched."""
+    with make_client(upload_urls=(table_server + "/lists/",)) as client:
+        refused = client.post("/async", data={"UPLOAD": f"fields,{table_server}{path}", "SIZE": "0.01"})
+        assert refused.status_code == 400
+        assert refused.text.startswith(f"UsageError: UPLOAD: fields: this service does not fetch {table_server}{path}")
+    assert FETCHED == []
+
+
+def test_a_url_within_the_prefix_is_fetched_as_normalised(make_client, table_server: str) -> None:
+    with make_client(upload_urls=(table_server + "/lists/",)) as client:
+        for path in ("/lists/./fields.csv", "/lists/x/../fields.csv", "/lists/%66ields.csv"):
+            made = client.post("/async", data={"UPLOAD": f"fields,{table_server}{path}", "SIZE": "0.01"},
+                               follow_redirects=False)
+            assert made.status_code == 303, made.text
+    assert FETCHED == ["/lists/fields.csv"] * 3
+
+
+def test_a_fetch_has_one_deadline_however_its_bytes_trickle(make_client, table_server: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read gets a byte well within any per-read timeout; the fetch as a whole is refused at its deadline."""
+    monkeypatch.setattr(uploads, "FETCH_DEADLINE_S", 1.0)
+    with make_client(upload_urls=(table_server + "/lists/",)) as client:
+        refused = client.post("/async", data={"UPLOAD": f"fields,{table_server}/lists/slow.csv", "SIZE": "0.01"})
+    assert refused.status_code == 400
+    assert refused.text.startswith(f"UsageError: UPLOAD: fields: fetching {table_server}/lists/slow.csv took longer "
+                                   "than the limit of 1 s"), refused.text
+    assert 0 < len(SLOW_SENT) < 200  # refused while the table was still coming
+
+
 def test_usage_errors_of_read_fields_name_the_parameter() -> None:
     with pytest.raises(UsageError) as caught:
         read_fields(Upload("t", CSV, b"ra,dec\n1,x\n"), max_size_deg=1.0, max_rows=5)
@@ -237,3 +292,71 @@ def test_the_html_form_posts_an_upload_and_ignores_an_empty_file_input(client) -
     without = client.post("/async", data={"POS": "150.1,2.2", "SIZE": "0.01"},
                           files={"UPLOAD": ("", b"", "application/octet-stream")}, follow_redirects=False)
     assert without.status_code == 303, without.text
+    as_chromium_sends_it = (b'--B\r\nContent-Disposition: form-data; name="POS"\r\n\r\n150.1,2.2\r\n'
+                            b'--B\r\nContent-Disposition: form-data; name="SIZE"\r\n\r\n0.01\r\n'
+                            b'--B\r\nContent-Disposition: form-data; name="UPLOAD"; filename=""\r\n'
+                            b'Content-Type: application/octet-stream\r\n\r\n\r\n--B--\r\n')
+    empty = client.post("/async", content=as_chromium_sends_it, follow_redirects=False,
+                        headers={"Content-Type": "multipart/form-data; boundary=B"})
+    assert empty.status_code == 303, empty.text
+
+
+def _vot(fields: str, table: str = "", rows: str = "<TR><TD>150.1</TD><TD>2.2</TD></TR>", before: str = "") -> bytes:
+    return (f'<?xml version="1.0"?>\n{before}<VOTABLE version="1.3" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">'
+            f'<RESOURCE><TABLE{table}><FIELD name="ra" datatype="double"/><FIELD name="dec" datatype="double"/>'
+            f"{fields}<DATA>{rows}</DATA></TABLE></RESOURCE></VOTABLE>").encode()
+
+
+BOMBS = [
+    # astropy's parse time grows with the square of the FIELDs: 40,000 of them took 149 s
+    ("40,000 FIELDs", _vot("".join(f'<FIELD name="c{i}" datatype="double"/>' for i in range(40_000)),
+                           rows="<TABLEDATA/>"), "more than 1000 FIELDs, the limit of columns"),
+    # astropy allocates the declared rows, and fixed arrays, before it reads one
+    ("nrows of 200 million", _vot("", ' nrows="200000000"', "<TABLEDATA><TR><TD>1</TD><TD>2</TD></TR></TABLEDATA>"),
+     "the TABLE declares nrows=200000000, more than the limit of 100000 rows"),
+    ("an array of 50 million doubles", _vot('<FIELD name="x" datatype="double" arraysize="50000000"/>',
+                                            rows="<TABLEDATA><TR><TD>1</TD><TD>2</TD><TD/></TR></TABLEDATA>"),
+     "one row of the FIELDs declared takes 400000016 bytes, more than the limit"),
+    ("an array of 10x5000000 strings", _vot('<FIELD name="x" datatype="char" arraysize="10x50000000"/>'),
+     "one row of the FIELDs declared takes 500000016 bytes"),
+    ("a bad arraysize", _vot('<FIELD name="x" datatype="char" arraysize="-1"/>'), "arraysize '-1' is not sizes"),
+    # astropy fetches a STREAM href, file: URLs included: the server's own files, or its network
+    ("a STREAM of a local file", _vot("", rows='<BINARY><STREAM href="file:///etc/passwd"/></BINARY>'),
+     "its data is elsewhere (STREAM href)"),
+    ("a STREAM of a URL", _vot("", rows='<BINARY2><STREAM href="http://169.254.169.254/latest"/></BINARY2>'),
+     "its data is elsewhere (STREAM href)"),
+    ("the FITS serialization", _vot("", rows='<FITS><STREAM href="file:///etc/hosts"/></FITS>'),
+     "the FITS serialization refers to a file elsewhere"),
+    ("entities", _vot("", before='<!DOCTYPE VOTABLE [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>\n'),
+     "the document declares entities"),
+    ("deep nesting", _vot("", rows="<TABLEDATA>" + "<TR>" * 100 + "</TR>" * 100 + "</TABLEDATA>"),
+     "elements nested more than 32 deep"),
+]
+
+
+@pytest.mark.parametrize(("data", "words"), [b[1:] for b in BOMBS], ids=[b[0] for b in BOMBS])
+def test_a_votable_whose_shape_is_a_bomb_is_refused_before_astropy_reads_it(data: bytes, words: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("astropy was asked to parse the table")
+
+    monkeypatch.setattr("siasync.uws.uploads.parse_single_table", never)
+    with pytest.raises(UsageError) as refused:
+        read_fields(Upload("bomb", VOTABLE, data), max_size_deg=1.0, max_rows=100_000)
+    assert refused.value.param == "UPLOAD" and str(refused.value).startswith("UPLOAD: bomb: "), str(refused.value)
+    assert words in str(refused.value)
+
+
+def test_a_votable_with_an_inline_binary_stream_and_variable_arrays_is_read() -> None:
+    """What the shape check lets through: data inline (BINARY2), variable arrays (``*``) and a DOCTYPE naming the
+    VOTable DTD by reference, as old VOTables do."""
+    import base64
+    import struct
+
+    stream = base64.b64encode(b"".join(b"\x00" + struct.pack(">dd", 150.1 + i / 100, 2.2) + struct.pack(">i", 1)
+                                       + b"x" for i in range(3))).decode()
+    data = _vot('<FIELD name="label" datatype="char" arraysize="*"/>',
+                rows=f'<BINARY2><STREAM encoding="base64">{stream}</STREAM></BINARY2>',
+                before='<!DOCTYPE VOTABLE SYSTEM "http://us-vo.org/xml/VOTable.dtd">\n')
+    fields = read_fields(Upload("t", VOTABLE, data), max_size_deg=1.0, max_rows=10)
+    assert fields.positions == [(150.1 + i / 100, 2.2) for i in range(3)]

@@ -156,3 +156,17 @@ def test_every_version_of_a_growing_job_lists_exactly_its_results_in_any_order_o
         for version in order:
             for kind, render in (("xml", documents.xml), ("json", documents.json), ("results", documents.results)):
                 assert listed(in_app(client, render, version, base), kind) == expected(version), (kind, version)
+
+
+def test_control_characters_in_an_echoed_value_keep_every_document_well_formed(client) -> None:
+    """A warning naming an archive file whose name holds control characters is echoed in the job's XML, valid against
+    the UWS schema with the characters shown as escapes, and in its JSON as they are."""
+    job_id = create_job(client)
+    warning = "image x (a\x01b\x1f.fits) skipped: unreadable"
+    in_app(client, service(client).store.update, job_id, info={"fields_total": 1, "warnings": [warning]})
+    document = client.get(f"/async/{job_id}")
+    root = assert_valid(SCHEMA, document.content)
+    info = root.find("{http://www.ivoa.net/xml/UWS/v1.0}jobInfo")
+    assert [e.text for e in info if e.tag.endswith("warning1")] == ["image x (a\\x01b\\x1f.fits) skipped: unreadable"]
+    assert client.get(f"/async/{job_id}", headers={"Accept": "application/json"}).json()["jobInfo"]["warning1"] == \
+        warning

@@ -25,9 +25,10 @@ from cutout.scan import BANDPASSES
 from cutout.sky import Field, footprint_circle
 from siasync.app import create_app
 from siasync.settings import Settings
+from tests.siasync.conftest import TEST_HOST
 from tests.siasync.test_sia import assert_valid as assert_valid_vosi
 
-BASE = "http://testserver.local"
+BASE = f"http://{TEST_HOST}"
 VOTABLE_XSD = etree.XMLSchema(etree.parse(str(Path(__file__).resolve().parents[1] / "data" / "votable"
                                               / "VOTable-v1.3.xsd")))
 DATALINK = "application/x-votable+xml;content=datalink"
@@ -36,7 +37,8 @@ DATALINK = "application/x-votable+xml;content=datalink"
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, demo_archive: Path) -> Iterator[TestClient]:
     settings = Settings(archive=demo_archive, state_dir=tmp_path_factory.mktemp("vo-state"), workers=1,
-                        ivo_authority="example.org")
+                        ivo_authority="example.org",
+                        allowed_hosts=(TEST_HOST,))
     with TestClient(create_app(settings), base_url=BASE) as c:
         yield c
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
-from storage.jobs import Job, JobStore, NotRunning, Product, StoreFull, TableRow, ValueTooLong
+from storage.jobs import Job, JobStore, NotRunning, Product, StoreFull, TableRow, Usage, ValueTooLong
 from storage.migrate import SchemaError, head
 
 
@@ -191,8 +191,8 @@ def test_registration_checks_the_phase_and_the_runner(url: str) -> None:
 def test_admission_is_atomic_per_owner(url: str) -> None:
     """Owners' limits checked inside the write: 30 concurrent creations through two stores (two servers) admit
     exactly the limit."""
-    def admit(active: list[int]) -> None:
-        if len(active) >= 5:
+    def admit(usage: Usage) -> None:
+        if usage.jobs >= 5:
             raise PermissionError("limit")
 
     async def scenario() -> int:
@@ -214,6 +214,31 @@ def test_admission_is_atomic_per_owner(url: str) -> None:
         return queued
 
     assert run(scenario()) == 5
+
+
+def test_an_owners_usage_counts_unfinished_jobs_and_every_stored_upload(url: str) -> None:
+    """What an admission sees: the owner's PENDING, QUEUED, EXECUTING and HELD jobs with their fields and estimated
+    bytes, the tables of all their stored jobs, and never the job being admitted (its own part is the caller's)."""
+    seen: list[Usage] = []
+
+    def job(job_id: str, phase: str, fields: int, output: int, owner: str = "alice") -> Job:
+        return replace(make_job(job_id, owner=owner, phase=phase),
+                       info={"fields_total": fields, "output_bytes": output, "empty_fields": list(range(1000))})
+
+    async def scenario() -> None:
+        store = await JobStore.open(url)
+        for j, phase, fields, output in (("p", "PENDING", 1, 10), ("q", "QUEUED", 2, 20), ("e", "EXECUTING", 4, 40),
+                                         ("h", "HELD", 8, 80), ("c", "COMPLETED", 16, 160), ("a", "ABORTED", 32, 320)):
+            await store.create(job(j, phase, fields, output), [("t", "text/csv", b"x" * fields)])
+        await store.create(job("b", "PENDING", 64, 640, owner="bob"), [("t", "text/csv", b"x" * 64)])
+        await store.create(job("new", "PENDING", 5, 5), admit=seen.append)
+        await store.transition("p", ("PENDING",), "QUEUED", owner="alice", admit=seen.append)
+        await store.update("q", owner="alice", admit=seen.append, uploads=[("u", "text/csv", b"y" * 100)])
+        assert [u for _, _, u in await store.uploads("q")] == [b"y" * 100]
+        await store.close()
+
+    run(scenario())
+    assert seen == [Usage(4, 15, 150, 63), Usage(4, 19, 145, 62), Usage(4, 18, 135, 61)]
 
 
 def test_values_longer_than_their_column_are_refused_alike(url: str) -> None:
