@@ -30,8 +30,9 @@ import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -435,22 +436,12 @@ class ArchiveIndex:
         ArchiveError
             When the file is no index of this version (empty, damaged, or of another schema).
         """
-        path = Path(path)
-        if path.is_dir():
-            path = path / INDEX_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no archive index at {path}; run `siasync archive index DIR` first")
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
+        path = _index_file(path)
+        with _reading(path) as db:
             meta = _meta(db, path)
             rows = db.execute(f"SELECT {', '.join(_COLUMNS)}, cells FROM images ORDER BY seq").fetchall()
             skipped = [Skipped(*row) for row in
                        db.execute("SELECT path, reason, cause, filesize, mtime_ns FROM skipped ORDER BY path")]
-        except sqlite3.DatabaseError as exc:  # an empty file, a damaged one, or another database
-            raise ArchiveError(f"{path} is not a readable archive index ({exc}); re-run `siasync archive index`") \
-                from None
-        finally:
-            db.close()
         records = [_from_row(row[:-1]) for row in rows]
         cells = [np.frombuffer(row[-1], dtype="<i8") for row in rows]
         return cls((path.parent / meta["root"]).resolve(), records, int(meta["order"]), cells, skipped)
@@ -467,15 +458,28 @@ def check_index(path: str | os.PathLike) -> None:
     ArchiveError
         When the file is no index of this version (empty, damaged, or of another schema).
     """
+    path = _index_file(path)
+    with _reading(path) as db:
+        _meta(db, path)
+
+
+def _index_file(path: str | os.PathLike) -> Path:
+    """The index file: ``path``, or the default name in the archive directory ``path``; FileNotFoundError if none."""
     path = Path(path)
     if path.is_dir():
         path = path / INDEX_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no archive index at {path}; run `siasync archive index DIR` first")
+    return path
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """The index file opened read-only; a file that is no SQLite database (empty, damaged) raises ArchiveError."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        _meta(db, path)
-    except sqlite3.DatabaseError as exc:
+        yield db
+    except sqlite3.DatabaseError as exc:  # an empty file, a damaged one, or another database
         raise ArchiveError(f"{path} is not a readable archive index ({exc}); re-run `siasync archive index`") from None
     finally:
         db.close()

@@ -114,13 +114,19 @@ class _TableRow:
 def _value(row: Any, name: str) -> Any:
     """A column's value as plain Python (None when missing, masked or NaN)."""
     try:
-        value = row.get(name)
+        return _plain(row.get(name))
     except (KeyError, ValueError):
         return None
+
+
+def _plain(value: Any) -> Any:
+    """A cell as plain Python: None when masked, NaN or empty; bytes decoded and text stripped."""
     if value is None or np.ma.is_masked(value):
         return None
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
+    if isinstance(value, np.ma.MaskedArray):
+        value = value.data
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -215,24 +221,9 @@ def siap_image(spec: RemoteSpec, record: Any) -> RemoteImage | None:
 def _ucd(record: Any, ucd: str) -> Any:
     """The value of the column with this UCD (None when absent, masked or empty)."""
     try:
-        value = record.getbyucd(ucd)
+        return _plain(record.getbyucd(ucd))
     except (KeyError, ValueError):
         return None
-    if value is None or np.ma.is_masked(value):
-        return None
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if isinstance(value, str):
-        return value.strip() or None
-    if isinstance(value, np.ma.MaskedArray):
-        if value.mask.any():
-            return None
-        value = value.data
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _text_ucd(record: Any, ucd: str) -> str | None:
