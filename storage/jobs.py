@@ -26,13 +26,15 @@ row is served only after a one-column read of its version agrees.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import Table, delete, event, func, insert, select, text, true, update
@@ -178,6 +180,25 @@ def _disk_full(exc: BaseException) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(exc, "sqlstate", None) == "53100"
 
 
+log = logging.getLogger(__name__)
+W = TypeVar("W", bound=Callable[..., Any])
+
+
+def whole(write: W) -> W:
+    """A write (a method of a `JobStore`, or of an object with its ``store``) that runs to its end even when its
+    caller is cancelled, as a server stopping cancels its tasks. Cut halfway, a SQLite transaction kept the
+    database's write lock until its connection was collected, and every other write (a lease renewal, the
+    server's own leave at shutdown) waited the 30 s busy timeout. `JobStore.close` waits for such writes."""
+
+    @functools.wraps(write)
+    async def to_the_end(owner: Any, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.ensure_future(write(owner, *args, **kwargs))
+        getattr(owner, "store", owner).track(task)
+        return await asyncio.shield(task)
+
+    return to_the_end  # type: ignore[return-value]
+
+
 def check_lengths(table: Table, values: dict[str, Any]) -> None:
     """Refuse a text value longer than its column (SQLite would store it, PostgreSQL fail on it)."""
     for name, value in values.items():
@@ -228,6 +249,8 @@ class JobStore:
         #: writes so far; a row read from the database is cached only if no write came meanwhile
         self._writes = 0
         self._owner_locks: dict[str, asyncio.Lock] = {}
+        #: writes running on for a caller that was cancelled (`whole`)
+        self._writing_on: set[asyncio.Future] = set()
 
     @classmethod
     async def open(cls, url: str, origin: str = "") -> JobStore:
@@ -264,8 +287,20 @@ class JobStore:
         return cls(engine, exclusive=sqlite, origin=origin)
 
     async def close(self) -> None:
-        """Release the connections."""
+        """Let the writes in flight end, then release the connections."""
+        await asyncio.gather(*self._writing_on, return_exceptions=True)
         await self.engine.dispose()
+
+    def track(self, write: asyncio.Future) -> None:
+        """Keep a write in flight (`whole`) until it ends; its failure, when its caller was cancelled, is logged
+        rather than left unretrieved."""
+        self._writing_on.add(write)
+        write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future) -> None:
+        self._writing_on.discard(write)
+        if not write.cancelled() and (exc := write.exception()) is not None and not isinstance(exc, StoreError):
+            log.warning("a write whose caller had stopped failed: %r", exc)
 
     # -- notifications and the cache ------------------------------------------------------
 
@@ -339,6 +374,7 @@ class JobStore:
         admit(Usage(len(jobs), sum(int(f or 0) for f, _ in jobs), sum(int(b or 0) for _, b in jobs),
                     int((await s.execute(uploads)).scalar_one())))
 
+    @whole
     async def create(self, job: Job, uploads: Iterable[tuple[str, str, bytes]] = (),
                      admit: Admission | None = None) -> None:
         """Insert a new job, with the tables it uploaded: (name, MIME type, bytes).
@@ -434,6 +470,7 @@ class JobStore:
         guard = JobRow.phase.in_(list(in_phases)) if in_phases is not None else None
         return await self.update_where(job_id, UPDATED, changes, guard, admit, owner, uploads)
 
+    @whole
     async def update_where(self, job_id: str, what: str, changes: dict[str, Any], guard: Any = None,
                            admit: Admission | None = None, owner: str = "",
                            uploads: Iterable[tuple[str, str, bytes]] | None = None) -> bool:
@@ -458,6 +495,7 @@ class JobStore:
         self._follow(job_id, version, changes)
         return version is not None
 
+    @whole
     async def delete(self, job_id: str) -> bool:
         """Forget a job and its results."""
         async with self._writing(job_id, PHASE) as s:
@@ -489,6 +527,7 @@ class JobStore:
 
     # -- results --------------------------------------------------------------------------
 
+    @whole
     async def register(self, job_id: str, products: Sequence[Product], rows: Sequence[TableRow],
                        runner: str | None = None) -> None:
         """Append results and table rows in one transaction: both lists grow together or not at all.

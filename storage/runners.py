@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from storage.jobs import RUNNER, JobStore
+from storage.jobs import RUNNER, JobStore, whole
 from storage.schema import JobRow, LeaseRow, ServerRow
 
 
@@ -86,6 +86,7 @@ class Runners:
     def _alive_for(self) -> timedelta:
         return timedelta(seconds=self.lease_s * 3 / 4)
 
+    @whole
     async def join(self) -> None:
         """Add this server (again, after it was taken for dead)."""
         now = datetime.now(UTC)
@@ -94,6 +95,7 @@ class Runners:
             await s.execute(insert(ServerRow).values(id=self.id, host=self.host, pid=self.pid, machine=self.machine,
                                                      executor=self.executor[:255], started=now, heartbeat=now))
 
+    @whole
     async def heartbeat(self) -> bool:
         """Renew this server's lease; False when another server took it for dead meanwhile (its jobs are lost)."""
         async with self.store.sessions.begin() as s:
@@ -101,6 +103,7 @@ class Runners:
                                       .values(heartbeat=datetime.now(UTC)))
         return changed.rowcount == 1
 
+    @whole
     async def leave(self) -> None:
         """Let every job of this server go, and remove it (a clean stop: the jobs are free at once)."""
         for job_id in await self._jobs_of(self.id):
@@ -124,6 +127,7 @@ class Runners:
         return (row is not None and row.heartbeat >= datetime.now(UTC) - self._alive_for
                 and (row.machine != self.machine or _pid_alive(row.pid)))
 
+    @whole
     async def free_dead(self) -> list[str]:
         """Let go the jobs of the servers found dead, and forget those servers; the jobs freed."""
         # the runners first: a server that claims a job after this read has joined before the next one
@@ -187,6 +191,7 @@ class Runners:
         async with self.store.sessions() as s:
             return (await s.execute(query)).scalar()
 
+    @whole
     async def hold(self, name: str, seconds: float) -> bool:
         """Take or renew the named lease for ``seconds``; whether this server holds it now."""
         now = datetime.now(UTC)

@@ -109,6 +109,33 @@ def test_a_shared_store_never_serves_a_row_another_server_changed(new_database) 
     assert run(scenario()) == [("EXECUTING", 2, 1), ("ABORTED", 3, 1), None]
 
 
+def test_a_write_whose_caller_is_cancelled_runs_to_its_end_and_holds_no_lock(url: str) -> None:
+    """A server stopping cancels its tasks wherever they are; a write among them completes whole, the next write
+    goes through, and closing the store waits for it (cut halfway, a SQLite transaction held the write lock and
+    the next write waited the 30 s busy timeout)."""
+    pauses = [1, 1, 2, 3, 5, 8]  # loop steps before the cancellation (a task cancelled before its first never began)
+
+    async def scenario() -> list[tuple[int, int, str]]:
+        store = await JobStore.open(url)
+        for i, pause in enumerate(pauses):
+            await store.create(make_job(f"c{i}", phase="EXECUTING"))
+            writes = [asyncio.create_task(store.update(f"c{i}", info={"products": 1})),
+                      asyncio.create_task(store.register(f"c{i}", [Product("r1", 1, "image/fits")], []))]
+            for _ in range(pause):
+                await asyncio.sleep(0)
+            for write in writes:
+                write.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+            assert await asyncio.wait_for(store.update(f"c{i}", run_id="next"), 10)
+        await store.close()
+        reader = await JobStore.open(url)
+        jobs = [await reader.get(f"c{i}") for i in range(len(pauses))]
+        await reader.close()
+        return [(job.info.get("products"), job.last_seq, job.run_id) for job in jobs]
+
+    assert run(scenario()) == [(1, 1, "next")] * len(pauses)
+
+
 def test_racing_transitions_let_exactly_one_win(url: str) -> None:
     async def scenario() -> list[tuple[bool, bool, str]]:
         store = await JobStore.open(url)
