@@ -16,8 +16,8 @@ a copy of the pieces, not the whole list formatted again; and a client that acce
 ``deflate`` gets the pieces' compressed forms joined, a tenth of the bytes, without the
 document being compressed again.
 
-The parameters and the new results of a big job (over `BIG` of them) are rendered and
-compressed in the `siasync.cpu.CpuPool`, off the event loop.
+The parameters and the new results of a big job (over `BIG` of them) are rendered in the
+`siasync.cpu.CpuPool`, off the event loop (the parameters compressed there too).
 
 A document is a function of the job's version (and of the format, the base URL and this
 code's release), so its strong ETag is made from those, not from its bytes: a poller
@@ -179,8 +179,10 @@ class JobDocuments:
                 new = [r for r in await self.store.results(job.id, after=done, limit=10_000) if r.seq <= job.last_seq]
                 if not new:
                     break
-                await self._off_loop(len(new) > BIG, lambda n=new: listing.items.append(
-                    b"".join(render(job.id, r, base) for r in n)))
+                # rendered off the loop when big, appended here: a request cancelled (or timed out) while the
+                # pool renders leaves the piece and its marks as they were
+                data = await self._off_loop(len(new) > BIG, lambda n=new: b"".join(render(job.id, r, base) for r in n))
+                listing.items.append(data)
                 done = new[-1].seq
                 listing.seqs.append(done)
             mark = bisect.bisect_right(listing.seqs, job.last_seq)
