@@ -29,9 +29,10 @@ import asyncio
 import functools
 import logging
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, closing, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -199,6 +200,25 @@ def whole(write: W) -> W:
     return to_the_end  # type: ignore[return-value]
 
 
+def _into_wal(path: str, patience_s: float = 30.0) -> None:
+    """Put a SQLite database (made empty if missing) in WAL mode, once for good: the mode is kept in the file.
+
+    Switching needs the database alone, and SQLite refuses at once, without waiting, a connection that read it
+    while another writes (several servers starting together on a new store, one of them migrating it); so this
+    tries again until ``patience_s`` has passed."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            with closing(sqlite3.connect(path, timeout=patience_s)) as db:
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def check_lengths(table: Table, values: dict[str, Any]) -> None:
     """Refuse a text value longer than its column (SQLite would store it, PostgreSQL fail on it)."""
     for name, value in values.items():
@@ -269,11 +289,15 @@ class JobStore:
                     from context.original_exception
 
         if sqlite:
+            if engine.url.database not in (None, "", ":memory:"):
+                await asyncio.to_thread(_into_wal, engine.url.database)
 
             @event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_connection: Any, _record: Any) -> None:
                 cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA journal_mode")
+                if cursor.fetchone()[0].lower() != "wal":  # (a memory database)
+                    cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.close()
