@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.conftest import Server, serving, submit
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -94,7 +94,18 @@ def follow(driver: webdriver.Chrome, element) -> None:
     """Click a link or a form's button, and wait for the next page."""
     old = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    wait(driver, lambda d: staleness_of(old)(d))
+    wait(driver, lambda d: _left(old))
+
+
+def _left(old) -> bool:
+    """Whether the page holding ``old`` is gone: its node stale, or (Chromium, caught mid-navigation) no longer
+    in the document."""
+    try:
+        return staleness_of(old)(None)
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
 
 
 def text(driver: webdriver.Chrome, element_id: str) -> str:
