@@ -7,6 +7,8 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -53,15 +55,7 @@ class ResultFiles:
         FileNotFoundError
             When the job's directory does not exist (the job was destroyed).
         """
-        target = self.path(job_id, name)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path(job_id, name), data)
         return len(data)
 
     def remove_temporaries(self, job_id: str) -> int:
@@ -104,3 +98,29 @@ class ResultFiles:
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
         return len(leftovers)
+
+
+@contextmanager
+def replacing(target: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary file beside ``target`` (named ``.tmp-*``) to fill in the block, renamed onto ``target`` when
+    the block ends, removed when it fails: a reader sees the old file or the whole new one.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``target``'s directory does not exist.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically (`replacing`)."""
+    with replacing(target) as tmp:
+        tmp.write_bytes(data)

@@ -27,11 +27,12 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from storage.files import replacing, write_atomically
 
 #: a temporary file older than this (seconds) belongs to a download that died
 STALE_TEMPORARY_S = 3600.0
@@ -77,14 +78,8 @@ class DownloadCache:
         with self._locked(key):
             if _renew(target):  # fetched by another worker while this one waited
                 return target, True
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".fits", dir=target.parent)
-            os.close(fd)
-            try:
-                fetch(Path(tmp))
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with replacing(target, suffix=".fits") as tmp:
+                fetch(tmp)
         self.evict(keep=target)
         return target, False
 
@@ -159,14 +154,7 @@ class DownloadCache:
         """Keep a document atomically (a reader sees the old one or the new one)."""
         path = self.root / kind / f"{key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, json.dumps(data).encode())
 
 
 def _renew(path: Path) -> bool:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from cutout.preview import preview_bytes
 from cutout.scan import ImageRecord
 from siasync.errors import NotFound
 from siasync.vo.sia import ArchiveDamaged, ArchiveUnavailable
+from storage.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class ArchiveFiles:
     def __init__(self, index: ArchiveIndex, previews: str | os.PathLike, slots: asyncio.Semaphore) -> None:
         self.index = index
         self.previews = Path(previews)
+        self.previews.mkdir(parents=True, exist_ok=True)
         self._slots = slots
 
     def record(self, image_id: str) -> ImageRecord:
@@ -109,17 +110,5 @@ class ArchiveFiles:
             except (ArchiveError, OSError, ValueError) as exc:
                 log.warning("preview of %s: %s", record.path, exc)
                 raise ArchiveUnavailable(f"image {image_id} cannot be read from the archive now") from None
-        await asyncio.to_thread(_write_atomically, cached, data)
+        await asyncio.to_thread(write_atomically, cached, data)
         return data
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
