@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
@@ -180,29 +181,8 @@ def create_app(settings: Settings) -> Litestar:
     def owner(request: Request, state: State) -> str:
         return state.authenticator.owner(request.headers)
 
-    def service(state: State) -> JobService:
-        return state.service
-
-    def index(state: State) -> ArchiveIndex:
-        return state.index
-
-    def sia(state: State) -> SiaService:
-        return state.sia
-
-    def vo(state: State) -> VoService:
-        return state.vo
-
     def current_settings() -> Settings:
         return settings
-
-    def job_page(state: State) -> JobPage:
-        return state.job_page
-
-    def remote_catalog(state: State) -> RemoteCatalog:
-        return state.remotes
-
-    def picture(state: State) -> ArchivePicture:
-        return state.picture
 
     app = Litestar(
         route_handlers=[Pages, AsyncJobs, SodaJobs, JobPages, SyncSia, Sia2, DataLinks, SodaSync, Archive, Vosi,
@@ -210,14 +190,11 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies={
             "settings": Provide(current_settings, sync_to_thread=False),
-            "service": Provide(service, sync_to_thread=False),
-            "index": Provide(index, sync_to_thread=False),
-            "sia": Provide(sia, sync_to_thread=False),
-            "vo": Provide(vo, sync_to_thread=False),
             "owner": Provide(owner, sync_to_thread=False),
-            "pages": Provide(job_page, sync_to_thread=False),
-            "picture": Provide(picture, sync_to_thread=False),
-            "remotes": Provide(remote_catalog, sync_to_thread=False),
+            # the resources the lifespan made, by the names handlers take them as
+            **{name: Provide(_from_state(attribute), sync_to_thread=False) for name, attribute in (
+                ("service", "service"), ("index", "index"), ("sia", "sia"), ("vo", "vo"), ("pages", "job_page"),
+                ("picture", "picture"), ("remotes", "remotes"))},
         },
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error, StoreFull: _store_full,
                             ValueTooLong: _too_long, StoreUnavailable: _unreachable, ConnectionError: _unreachable,
@@ -247,6 +224,15 @@ async def remote_notes(remotes: RemoteCatalog) -> list[str]:
 
 def _template_filters(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters.update(iso=iso, when=when, filesize=filesize)
+
+
+def _from_state(attribute: str) -> Callable[[State], Any]:
+    """A dependency provider of one of the resources the lifespan keeps in the app's state."""
+
+    def provide(state: State) -> Any:
+        return state[attribute]
+
+    return provide
 
 
 def _service_error(request: Request, exc: ServiceError) -> Response:
